@@ -38,3 +38,9 @@ func Desired(plan *kedgev1.Plan) (desired.State, error) {
 func Probe(ctx context.Context, root string, plan *kedgev1.Plan) *kedgev1.EtcdMemberStatus {
 	return &kedgev1.EtcdMemberStatus{Error: errTODO.Error()}
 }
+
+// Run runs one etcd member from the config at configPath until ctx ends,
+// notifying systemd READY once the member serves. `kedge-nodeagent etcd` calls it.
+func Run(ctx context.Context, configPath string) error {
+	return errTODO
+}
