@@ -153,7 +153,7 @@ func TestDesiredRejects(t *testing.T) {
 		plan *kedgev1.K3SPlan
 		want string
 	}{
-		"server without token":    {&kedgev1.K3SPlan{Role: kedgev1.Role_ROLE_K3S_SERVER, AgentToken: "a", ClusterInit: true}, "plan.k3s.token"},
+		"server without token":     {&kedgev1.K3SPlan{Role: kedgev1.Role_ROLE_K3S_SERVER, AgentToken: "a", ClusterInit: true}, "plan.k3s.token"},
 		"server without datastore": {&kedgev1.K3SPlan{Role: kedgev1.Role_ROLE_K3S_SERVER, Token: "t", AgentToken: "a"}, "datastore_endpoints"},
 		"http endpoint":            {&kedgev1.K3SPlan{Role: kedgev1.Role_ROLE_K3S_SERVER, Token: "t", AgentToken: "a", DatastoreEndpoints: []string{"http://x:2379"}}, "https://"},
 		"agent without server":     {&kedgev1.K3SPlan{Role: kedgev1.Role_ROLE_K3S_AGENT, AgentToken: "a"}, "server_url"},
