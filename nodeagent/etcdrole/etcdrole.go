@@ -4,43 +4,39 @@
 package etcdrole
 
 import (
-	"context"
-	"errors"
+	"fmt"
 
+	systemd "github.com/kedge-io/kedge/deploy/systemd"
 	"github.com/kedge-io/kedge/nodeagent/desired"
+	"github.com/kedge-io/kedge/nodeagent/paths"
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
-
-var errTODO = errors.New("etcdrole: not built yet")
-
-// EnsureCerts makes sure the etcd CA, server and peer cert/key files under root
-// exist, match the plan (member name, IPs) and are not past two thirds of their
-// lifetime; otherwise it generates keys on the node and asks the coordinator to
-// sign. It reports whether any file changed. A plan without the etcd role is a no-op.
-func EnsureCerts(ctx context.Context, root string, plan *kedgev1.Plan, client kedgev1.NodeServiceClient) (bool, error) {
-	return false, errTODO
-}
-
-// EnsureDatastoreClientCert does the same for the datastore-client cert a K3s
-// server uses to reach etcd (and the etcd CA it trusts). A plan with no
-// datastore endpoints is a no-op.
-func EnsureDatastoreClientCert(ctx context.Context, root string, plan *kedgev1.Plan, client kedgev1.NodeServiceClient) (bool, error) {
-	return false, errTODO
-}
 
 // Desired renders /etc/kedge/etcd.yaml and kedge-etcd.service for the plan;
 // an empty State when the plan has no etcd role.
 func Desired(plan *kedgev1.Plan) (desired.State, error) {
-	return desired.State{}, errTODO
-}
-
-// Probe reports the local member's view of etcd, using the files under root.
-func Probe(ctx context.Context, root string, plan *kedgev1.Plan) *kedgev1.EtcdMemberStatus {
-	return &kedgev1.EtcdMemberStatus{Error: errTODO.Error()}
-}
-
-// Run runs one etcd member from the config at configPath until ctx ends,
-// notifying systemd READY once the member serves. `kedge-nodeagent etcd` calls it.
-func Run(ctx context.Context, configPath string) error {
-	return errTODO
+	if !hasRole(plan, kedgev1.Role_ROLE_ETCD) || plan.GetEtcd() == nil {
+		return desired.State{}, nil
+	}
+	cfg, err := ConfigForPlan(plan, "")
+	if err != nil {
+		return desired.State{}, err
+	}
+	content, err := cfg.Marshal()
+	if err != nil {
+		return desired.State{}, fmt.Errorf("render %s: %w", paths.EtcdConfig, err)
+	}
+	unit, err := systemd.Unit(paths.EtcdUnit)
+	if err != nil {
+		return desired.State{}, err
+	}
+	return desired.State{
+		Files: []desired.File{{
+			Path:     paths.EtcdConfig,
+			Content:  content,
+			Mode:     0o644,
+			Restarts: []string{paths.EtcdUnit},
+		}},
+		Units: []desired.Unit{{Name: paths.EtcdUnit, Content: unit, Enable: true, Start: true}},
+	}, nil
 }
