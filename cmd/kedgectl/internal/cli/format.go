@@ -84,8 +84,10 @@ func enumWord(name, prefix string) string {
 
 func conditionName(c kedgev1.NodeCondition) string { return enumWord(c.String(), "NODE_CONDITION_") }
 func phaseName(p kedgev1.ClusterPhase) string      { return enumWord(p.String(), "CLUSTER_PHASE_") }
+
+// stateName turns NODE_STATE_PENDING_APPROVAL into "pending-approval".
 func stateName(s kedgev1.NodeState) string {
-	return strings.ToLower(enumWord(s.String(), "NODE_STATE_"))
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(s.String(), "NODE_STATE_")), "_", "-")
 }
 
 // eventTypeName turns EVENT_TYPE_NODE_ENROLLED into "node-enrolled": one

@@ -132,7 +132,8 @@ func (s *session) waitForPhase(ctx context.Context, req *kedgev1.GetClusterStatu
 	if interval <= 0 {
 		interval = time.Second
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	p := &progress{w: s.env.Stderr, terminal: s.env.StderrIsTerminal}
 	defer p.done()
@@ -152,8 +153,9 @@ func (s *session) waitForPhase(ctx context.Context, req *kedgev1.GetClusterStatu
 				return resp, nil
 			}
 			p.show(lastSeen, shortDuration(s.env.Now().Sub(start)))
-		case ctx.Err() != nil:
-			// The wait's own deadline cut the call short; reported below.
+		case ctx.Err() != nil || (status.Code(err) == codes.DeadlineExceeded && time.Until(deadline) < time.Second):
+			// The wait's own deadline cut the call short (the server may
+			// answer DeadlineExceeded just before our context ends); reported below.
 		case retryable(err):
 			lastErr = status.Convert(err).Message()
 			p.show("coordinator unavailable: "+lastErr, shortDuration(s.env.Now().Sub(start)))

@@ -70,8 +70,9 @@ func tokenCreate(ctx context.Context, s *session, args []string) error {
 }
 
 // writeFlashCommand prints one shell command line that writes the token to
-// a 0600 file (umask in a subshell, so the operator's shell keeps its own)
-// and runs the installer with --token-file.
+// a 0600 file (umask in a subshell, so the operator's shell keeps its own),
+// runs the installer with --token-file, and removes the file whether the
+// install worked or not, keeping the installer's exit status.
 func writeFlashCommand(w io.Writer, token, root string, addrs []string, pin string) error {
 	install := strings.Join([]string{
 		"kedge-nodeagent install",
@@ -80,7 +81,7 @@ func writeFlashCommand(w io.Writer, token, root string, addrs []string, pin stri
 		"--ca-pin " + shellQuote(pin),
 		"--token-file " + flashTokenFile,
 	}, " ")
-	_, err := fmt.Fprintf(w, "(umask 077 && mkdir -p /etc/kedge && printf '%%s\\n' %s > %s && %s && rm -f %s)\n",
+	_, err := fmt.Fprintf(w, "(umask 077 && mkdir -p /etc/kedge && printf '%%s\\n' %s > %s && %s; rc=$?; rm -f %s; exit $rc)\n",
 		shellQuote(token), flashTokenFile, install, flashTokenFile)
 	return err
 }
