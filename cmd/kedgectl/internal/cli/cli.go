@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/resolver"
@@ -298,6 +299,12 @@ func (s *session) client() (kedgev1.AdminServiceClient, error) {
 		grpc.WithResolvers(r),
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"pick_first":{}}]}`),
+		// gRPC's default reconnect backoff grows to 2 minutes; `status --wait`
+		// across a coordinator restart should notice it back within seconds.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+			MinConnectTimeout: 10 * time.Second,
+		}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("%s: coordinators %v: %v", s.cfgPath, s.cfg.Coordinators, err)

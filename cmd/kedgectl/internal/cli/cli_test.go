@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -522,5 +523,39 @@ func TestKubeconfigAndVersion(t *testing.T) {
 	}
 	if out := mustRun(t, e, "version"); !strings.HasPrefix(out, "kedgectl ") {
 		t.Errorf("version printed %q", out)
+	}
+}
+
+func TestEventsFollowUntilInterrupted(t *testing.T) {
+	e, d := setup(t)
+	d.events = []*kedgev1.Event{{At: ts(e.now), Type: kedgev1.EventType_EVENT_TYPE_UNIT_FAILED, Cluster: "edge-1", Node: "nuc2", Message: "k3s.service failed"}}
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	var out, errOut syncBuffer
+	done := make(chan int)
+	go func() { done <- Run(ctx, []string{"events", "--follow"}, e.env(&out, &errOut)) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "k3s.service failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no event printed within 10s; stdout %q, stderr %q", out.String(), errOut.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case code := <-done:
+		t.Fatalf("events --follow ended by itself (exit %d) while the stream was open", code)
+	default:
+	}
+	if !lastRequest[*kedgev1.WatchEventsRequest](t, d).GetFollow() {
+		t.Error("--follow not sent")
+	}
+	interrupt()
+	select {
+	case code := <-done:
+		if code != ExitOK || errOut.String() != "" {
+			t.Errorf("interrupting --follow: exit %d, stderr %q; want a quiet exit 0", code, errOut.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("events --follow did not stop on interrupt")
 	}
 }

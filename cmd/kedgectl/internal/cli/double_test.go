@@ -298,16 +298,38 @@ func newTestEnv(t *testing.T) *testEnv {
 func (e *testEnv) run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code = Run(context.Background(), args, Env{
-		Stdout:           &out,
-		Stderr:           &errOut,
+	code = Run(context.Background(), args, e.env(&out, &errOut))
+	return out.String(), errOut.String(), code
+}
+
+func (e *testEnv) env(stdout, stderr io.Writer) Env {
+	return Env{
+		Stdout:           stdout,
+		Stderr:           stderr,
 		Getenv:           func(k string) string { return e.vars[k] },
 		HomeDir:          func() (string, error) { return e.home, nil },
 		Now:              func() time.Time { return e.now },
 		StderrIsTerminal: e.terminal,
 		PollInterval:     10 * time.Millisecond,
-	})
-	return out.String(), errOut.String(), code
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while kedgectl writes to it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // homeConfig writes the default ~/.kedge/config.yaml for addrs.
