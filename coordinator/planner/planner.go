@@ -1,10 +1,56 @@
 // Package planner decides who is what: from a cluster spec, the enrolled
 // nodes and their observed health, one plan per node. It is a pure function:
 // the same inputs give byte-identical plans.
+//
+// Assignment. Nodes are taken in a stable order: enroll_sequence, then name.
+// Roles a node already holds (Node.roles) stay with it, so nothing reshuffles
+// when a node is late or offline; a REMOVED node's roles are freed. A pin in
+// the spec with roles gives those roles to the node it names, and reserves
+// them even before that node enrolls, so an early unpinned node never takes a
+// pinned node's slot. The remaining slots fill in order: stacked, the first N
+// (spec.etcd.members) get etcd + K3s server; external, the first N etcd, the
+// next S (spec.k3s.servers) K3s server; embedded, the first S K3s server (the
+// first of them by order with cluster-init). Everyone else is an agent.
+// Nodes pending approval get nothing.
+//
+// Release. An etcd member's plan, and a K3s server's on an external
+// datastore, is held back (Plan.waiting, no etcd or k3s section) until every
+// initial etcd member has enrolled, so no member starts with a partial
+// initial cluster and no server points at missing endpoints.
+//
+// Agents' server. With spec.k3s.registrationAddress, agents join through it.
+// Otherwise each agent picks among the K3s servers the coordinator does not
+// see as Degraded or Unreachable, by rendezvous hashing (highest
+// sha256(agent, server) wins): deterministic without remembering anything,
+// spread evenly, and an agent moves only when its own server stops being a
+// candidate (or a new server outranks it). With no candidate, agents use the
+// first server by order. Servers count as candidates while Provisioning on
+// purpose: otherwise every agent would hop servers as each one comes up.
+// Non-first servers of the embedded topology join the first server (the one
+// with cluster-init), fixed, so a running server's plan never changes with
+// another's health.
 package planner
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/kedge-io/kedge/coordinator/spec"
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
+)
+
+// Ports K3s and etcd listen on.
+const (
+	EtcdClientPort = "2379"
+	EtcdPeerPort   = "2380"
+	K3sServerPort  = "6443"
 )
 
 // Input is everything a plan depends on.
@@ -24,12 +70,380 @@ type Output struct {
 	Roles map[string][]kedgev1.Role
 }
 
+// member is one enrolled node as the planner sees it.
+type member struct {
+	node  *kedgev1.Node
+	pin   *kedgev1.InventoryPin
+	ip    string
+	roles []kedgev1.Role
+}
+
+func (m *member) has(r kedgev1.Role) bool { return slices.Contains(m.roles, r) }
+
 // Compute returns the plans for in.
 func Compute(in Input) Output {
-	return Output{}
+	out := Output{Plans: map[string]*kedgev1.Plan{}, Roles: map[string][]kedgev1.Role{}}
+	if in.Spec == nil {
+		return out
+	}
+	members := active(in)
+	assign(in.Spec, members)
+
+	var etcds, servers []*member
+	for _, m := range members {
+		if m.has(kedgev1.Role_ROLE_ETCD) {
+			etcds = append(etcds, m)
+		}
+		if m.has(kedgev1.Role_ROLE_K3S_SERVER) {
+			servers = append(servers, m)
+		}
+	}
+	// Expected initial members: the spec's count, or more if sticky roles
+	// left more nodes holding etcd (a spec scaled down keeps its members).
+	wantEtcd := 0
+	if in.Spec.Topology != kedgev1.Topology_TOPOLOGY_EMBEDDED {
+		wantEtcd = int(in.Spec.GetEtcd().GetMembers())
+		if len(etcds) > wantEtcd {
+			wantEtcd = len(etcds)
+		}
+	}
+	waiting := ""
+	if missing := wantEtcd - len(etcds); missing > 0 {
+		waiting = fmt.Sprintf("waiting for %d of %d etcd members to enroll", missing, wantEtcd)
+	}
+	initial := initialCluster(etcds)
+	endpoints := make([]string, 0, len(initial))
+	for _, e := range initial {
+		endpoints = append(endpoints, e.ClientUrls...)
+	}
+	candidates := healthyServers(servers)
+
+	for _, m := range members {
+		p := &kedgev1.Plan{
+			NodeName: m.node.Name,
+			Cluster:  in.Spec.Name,
+			Roles:    slices.Clone(m.roles),
+		}
+		if !in.Spec.KeepHostnames {
+			p.Hostname = m.node.Name
+		}
+		out.Roles[m.node.Name] = slices.Clone(m.roles)
+		out.Plans[m.node.Name] = p
+
+		needsEtcd := m.has(kedgev1.Role_ROLE_ETCD) ||
+			m.has(kedgev1.Role_ROLE_K3S_SERVER) && in.Spec.Topology != kedgev1.Topology_TOPOLOGY_EMBEDDED
+		if needsEtcd && waiting != "" {
+			p.Waiting = waiting
+			p.Hash = Hash(p)
+			continue
+		}
+		if m.has(kedgev1.Role_ROLE_ETCD) {
+			p.Etcd = etcdPlan(in, m, initial)
+		}
+		switch {
+		case m.has(kedgev1.Role_ROLE_K3S_SERVER):
+			p.K3S = serverPlan(in, m, servers, endpoints)
+		case m.has(kedgev1.Role_ROLE_K3S_AGENT):
+			if len(servers) == 0 {
+				p.Waiting = "waiting for a K3s server to enroll"
+				break
+			}
+			p.K3S = agentPlan(in, m, serverURL(in.Spec, m.node.Name, servers, candidates))
+		}
+		p.Hash = Hash(p)
+	}
+	return out
+}
+
+// active returns the nodes that take part, in planning order, each with its
+// pin: by name first (enrollment names pinned nodes after their pin), else
+// by the machine's facts when no node carries that pin's name. A pin goes to
+// one node only, the first in order.
+func active(in Input) []*member {
+	var ms []*member
+	names := map[string]bool{}
+	for _, n := range in.Nodes {
+		if n == nil || n.Name == "" || names[n.Name] {
+			continue
+		}
+		if n.State == kedgev1.NodeState_NODE_STATE_REMOVED || n.State == kedgev1.NodeState_NODE_STATE_PENDING_APPROVAL {
+			continue
+		}
+		names[n.Name] = true
+		ms = append(ms, &member{node: n})
+	}
+	slices.SortFunc(ms, func(a, b *member) int {
+		if a.node.EnrollSequence != b.node.EnrollSequence {
+			if a.node.EnrollSequence < b.node.EnrollSequence {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.node.Name, b.node.Name)
+	})
+	claimed := map[string]bool{}
+	for _, m := range ms {
+		for _, pin := range in.Spec.Inventory {
+			if pin.Name == m.node.Name {
+				m.pin = pin
+			}
+		}
+		if m.pin == nil {
+			if pin := spec.MatchPin(in.Spec, m.node.Facts); pin != nil && !names[pin.Name] && !claimed[pin.Name] {
+				m.pin = pin
+			}
+		}
+		if m.pin != nil {
+			claimed[m.pin.Name] = true
+		}
+		m.ip = m.node.NodeIp
+		if m.pin != nil && m.pin.Ip != "" {
+			m.ip = m.pin.Ip
+		}
+		if m.ip == "" && len(m.node.GetFacts().GetIps()) > 0 {
+			m.ip = m.node.Facts.Ips[0]
+		}
+	}
+	return ms
+}
+
+// assign gives every member its roles: pinned, then sticky, then by order.
+func assign(s *kedgev1.ClusterSpec, ms []*member) {
+	var etcdTaken, serversTaken int
+	enrolledPins := map[string]bool{}
+	for _, m := range ms {
+		if m.pin != nil && len(m.pin.Roles) > 0 {
+			m.roles = slices.Clone(m.pin.Roles)
+			enrolledPins[m.pin.Name] = true
+		} else if len(m.node.Roles) > 0 {
+			m.roles = slices.Clone(m.node.Roles)
+		} else {
+			continue
+		}
+		if m.has(kedgev1.Role_ROLE_ETCD) {
+			etcdTaken++
+		}
+		if m.has(kedgev1.Role_ROLE_K3S_SERVER) {
+			serversTaken++
+		}
+	}
+	// Pinned roles of nodes that have not enrolled yet keep their slots.
+	for _, pin := range s.Inventory {
+		if enrolledPins[pin.Name] {
+			continue
+		}
+		if slices.Contains(pin.Roles, kedgev1.Role_ROLE_ETCD) {
+			etcdTaken++
+		}
+		if slices.Contains(pin.Roles, kedgev1.Role_ROLE_K3S_SERVER) {
+			serversTaken++
+		}
+	}
+	wantEtcd := int(s.GetEtcd().GetMembers())
+	wantServers := int(s.GetK3S().GetServers())
+	for _, m := range ms {
+		if len(m.roles) > 0 {
+			slices.Sort(m.roles)
+			continue
+		}
+		switch s.Topology {
+		case kedgev1.Topology_TOPOLOGY_STACKED:
+			if etcdTaken < wantEtcd {
+				m.roles = []kedgev1.Role{kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER}
+				etcdTaken++
+				serversTaken++
+			}
+		case kedgev1.Topology_TOPOLOGY_EXTERNAL:
+			if etcdTaken < wantEtcd {
+				m.roles = []kedgev1.Role{kedgev1.Role_ROLE_ETCD}
+				etcdTaken++
+			} else if serversTaken < wantServers {
+				m.roles = []kedgev1.Role{kedgev1.Role_ROLE_K3S_SERVER}
+				serversTaken++
+			}
+		case kedgev1.Topology_TOPOLOGY_EMBEDDED:
+			if serversTaken < wantServers {
+				m.roles = []kedgev1.Role{kedgev1.Role_ROLE_K3S_SERVER}
+				serversTaken++
+			}
+		}
+		if len(m.roles) == 0 {
+			m.roles = []kedgev1.Role{kedgev1.Role_ROLE_K3S_AGENT}
+		}
+	}
+}
+
+func initialCluster(etcds []*member) []*kedgev1.EtcdMember {
+	out := make([]*kedgev1.EtcdMember, 0, len(etcds))
+	for _, m := range etcds {
+		out = append(out, &kedgev1.EtcdMember{
+			Name:       m.node.Name,
+			PeerUrls:   []string{"https://" + net.JoinHostPort(m.ip, EtcdPeerPort)},
+			ClientUrls: []string{"https://" + net.JoinHostPort(m.ip, EtcdClientPort)},
+		})
+	}
+	slices.SortFunc(out, func(a, b *kedgev1.EtcdMember) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func etcdPlan(in Input, m *member, initial []*kedgev1.EtcdMember) *kedgev1.EtcdPlan {
+	e := in.Spec.GetEtcd()
+	p := &kedgev1.EtcdPlan{
+		MemberName:          m.node.Name,
+		InitialCluster:      initial,
+		InitialClusterState: "new",
+		InitialClusterToken: in.Secrets.GetEtcdClusterToken(),
+		QuotaBackendBytes:   e.GetQuotaBackendBytes(),
+		SnapshotCount:       e.GetSnapshotCount(),
+		HeartbeatIntervalMs: e.GetHeartbeatIntervalMs(),
+		ElectionTimeoutMs:   e.GetElectionTimeoutMs(),
+		Ips:                 []string{m.ip},
+	}
+	for _, im := range initial {
+		if im.Name == m.node.Name {
+			p.PeerUrls = slices.Clone(im.PeerUrls)
+			p.ClientUrls = slices.Clone(im.ClientUrls)
+		}
+	}
+	return p
+}
+
+func binary(s *kedgev1.ClusterSpec) *kedgev1.K3SBinary {
+	b := proto.Clone(s.GetK3S().GetBinary()).(*kedgev1.K3SBinary)
+	if b == nil {
+		b = &kedgev1.K3SBinary{}
+	}
+	b.Version = s.GetK3S().GetVersion()
+	return b
+}
+
+func serverPlan(in Input, m *member, servers []*member, endpoints []string) *kedgev1.K3SPlan {
+	k := in.Spec.GetK3S()
+	p := &kedgev1.K3SPlan{
+		Role:       kedgev1.Role_ROLE_K3S_SERVER,
+		Binary:     binary(in.Spec),
+		Token:      in.Secrets.GetServerToken(),
+		AgentToken: in.Secrets.GetAgentToken(),
+		NodeIp:     m.ip,
+		NodeName:   m.node.Name,
+		TlsSans:    tlsSans(m.ip, k),
+	}
+	if k.GetServerConfig() != nil {
+		p.ExtraConfig = proto.Clone(k.GetServerConfig()).(*structpb.Struct)
+	}
+	if in.Spec.Topology == kedgev1.Topology_TOPOLOGY_EMBEDDED {
+		// servers is in planning order, so the first is stable: later
+		// enrollments sort after it.
+		if servers[0] == m {
+			p.ClusterInit = true
+		} else if addr := k.GetRegistrationAddress(); addr != "" {
+			p.ServerUrl = registrationURL(addr)
+		} else {
+			p.ServerUrl = serverURLOf(servers[0])
+		}
+	} else {
+		p.DatastoreEndpoints = slices.Clone(endpoints)
+	}
+	return p
+}
+
+func agentPlan(in Input, m *member, server string) *kedgev1.K3SPlan {
+	k := in.Spec.GetK3S()
+	p := &kedgev1.K3SPlan{
+		Role:       kedgev1.Role_ROLE_K3S_AGENT,
+		Binary:     binary(in.Spec),
+		ServerUrl:  server,
+		AgentToken: in.Secrets.GetAgentToken(), // never the server token
+		NodeIp:     m.ip,
+		NodeName:   m.node.Name,
+	}
+	if k.GetAgentConfig() != nil {
+		p.ExtraConfig = proto.Clone(k.GetAgentConfig()).(*structpb.Struct)
+	}
+	return p
+}
+
+// tlsSans: the node's IP, the registration address's host, then the spec's
+// names, each once.
+func tlsSans(ip string, k *kedgev1.K3SSpec) []string {
+	var out []string
+	add := func(s string) {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	add(ip)
+	if addr := k.GetRegistrationAddress(); addr != "" {
+		host := addr
+		if h, _, err := net.SplitHostPort(addr); err == nil {
+			host = h
+		}
+		add(host)
+	}
+	for _, s := range k.GetTlsSans() {
+		add(s)
+	}
+	return out
+}
+
+func registrationURL(addr string) string {
+	if _, _, err := net.SplitHostPort(addr); err == nil {
+		return "https://" + addr
+	}
+	return "https://" + net.JoinHostPort(addr, K3sServerPort)
+}
+
+func serverURLOf(m *member) string {
+	return "https://" + net.JoinHostPort(m.ip, K3sServerPort)
+}
+
+// healthyServers are the servers an agent may be sent to: all but those
+// seen Degraded or Unreachable.
+func healthyServers(servers []*member) []*member {
+	var out []*member
+	for _, m := range servers {
+		switch m.node.Condition {
+		case kedgev1.NodeCondition_NODE_CONDITION_DEGRADED, kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE:
+		default:
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// serverURL picks an agent's server: the registration address, else the
+// rendezvous-hash winner among candidates, else the first server by order.
+func serverURL(s *kedgev1.ClusterSpec, agent string, servers, candidates []*member) string {
+	if addr := s.GetK3S().GetRegistrationAddress(); addr != "" {
+		return registrationURL(addr)
+	}
+	if len(candidates) == 0 {
+		return serverURLOf(servers[0])
+	}
+	var best *member
+	var bestScore []byte
+	for _, c := range candidates {
+		h := sha256.Sum256([]byte(agent + "\x00" + c.node.Name))
+		if best == nil || string(h[:]) > string(bestScore) {
+			best, bestScore = c, h[:]
+		}
+	}
+	return serverURLOf(best)
 }
 
 // Hash is the content hash of a plan: every field but revision and hash.
 func Hash(p *kedgev1.Plan) string {
-	return ""
+	if p == nil {
+		return ""
+	}
+	c := proto.Clone(p).(*kedgev1.Plan)
+	c.Revision, c.Hash = 0, ""
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	if err != nil {
+		// A Plan built from valid protos always marshals; an empty hash
+		// would make a broken plan look unchanged, so fail loudly.
+		panic("planner: marshal plan: " + err.Error())
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

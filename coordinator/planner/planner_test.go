@@ -1,0 +1,402 @@
+package planner
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kedge-io/kedge/coordinator/spec"
+	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
+
+const sum = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+var secrets = &kedgev1.ClusterSecrets{
+	ServerToken:      "server-token-secret",
+	AgentToken:       "agent-token-secret",
+	EtcdClusterToken: "etcd-cluster-token",
+}
+
+func mustSpec(t *testing.T, topology, extra string) *kedgev1.ClusterSpec {
+	t.Helper()
+	doc := `apiVersion: kedge/v1
+kind: Cluster
+metadata: {name: edge-1}
+spec:
+  topology: ` + topology + `
+  k3s:
+    version: v1.31.4+k3s1
+    binary: {sha256: "` + sum + `", path: /usr/local/bin/k3s}
+    serverConfig: {disable: [traefik]}
+    agentConfig: {node-label: [site=shop-7]}
+    tlsSans: [k3s.edge-1.lan]
+` + extra
+	s, err := spec.Parse("test.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// node is an enrolled machine: nucN with 10.0.0.(10+N), enrolled N-th.
+func node(n int, roles ...kedgev1.Role) *kedgev1.Node {
+	return &kedgev1.Node{
+		Name:           fmt.Sprintf("nuc%d", n),
+		Cluster:        "edge-1",
+		State:          kedgev1.NodeState_NODE_STATE_ENROLLED,
+		EnrollSequence: uint64(n),
+		NodeIp:         fmt.Sprintf("10.0.0.%d", 10+n),
+		Roles:          roles,
+		Facts: &kedgev1.MachineFacts{
+			Macs:     []string{fmt.Sprintf("aa:bb:cc:dd:ee:%02x", n)},
+			Hostname: fmt.Sprintf("localhost-%d", n),
+		},
+	}
+}
+
+func nodes(n int) []*kedgev1.Node {
+	var out []*kedgev1.Node
+	for i := 1; i <= n; i++ {
+		out = append(out, node(i))
+	}
+	return out
+}
+
+// render writes the plans in name order as indented JSON, stable across
+// protobuf versions (protojson's own spacing is deliberately unstable).
+func render(t *testing.T, out Output) []byte {
+	t.Helper()
+	var names []string
+	for name := range out.Plans {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var buf bytes.Buffer
+	for _, name := range names {
+		raw, err := protojson.Marshal(out.Plans[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var compact, pretty bytes.Buffer
+		if err := json.Compact(&compact, raw); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Indent(&pretty, compact.Bytes(), "", "  "); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&buf, "# %s\n%s\n", name, pretty.Bytes())
+	}
+	return buf.Bytes()
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./coordinator/planner -update to record)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from %s (rerun with -update if the change is intended):\n%s", name, path, got)
+	}
+}
+
+// checkInvariants holds for every plan of every case.
+func checkInvariants(t *testing.T, in Input, out Output) {
+	t.Helper()
+	for name, p := range out.Plans {
+		if p.Hash != Hash(p) || len(p.Hash) != 64 {
+			t.Errorf("%s: hash %q is not the plan's content hash", name, p.Hash)
+		}
+		if p.Revision != 0 {
+			t.Errorf("%s: revision %d set; the store fills it", name, p.Revision)
+		}
+		if !slices.Equal(p.Roles, out.Roles[name]) {
+			t.Errorf("%s: plan roles %v differ from roles to store %v", name, p.Roles, out.Roles[name])
+		}
+		if p.Waiting != "" && (p.Etcd != nil || p.K3S != nil) {
+			t.Errorf("%s: waiting plan carries etcd or k3s sections", name)
+		}
+		if k := p.K3S; k != nil && k.Role == kedgev1.Role_ROLE_K3S_AGENT {
+			raw, _ := proto.Marshal(p)
+			if k.Token != "" || bytes.Contains(raw, []byte(in.Secrets.GetServerToken())) {
+				t.Errorf("%s: an agent plan carries the server token", name)
+			}
+			if k.AgentToken != in.Secrets.GetAgentToken() {
+				t.Errorf("%s: agent token %q, want the cluster's", name, k.AgentToken)
+			}
+			if k.ServerUrl == "" {
+				t.Errorf("%s: agent without a server URL", name)
+			}
+		}
+	}
+}
+
+func TestGolden(t *testing.T) {
+	pinned := `  inventory:
+    - {name: etcd-a, match: {mac: "aa:bb:cc:dd:ee:04"}, roles: [etcd, server], ip: 10.0.1.1}
+    - {name: etcd-b, match: {mac: "aa:bb:cc:dd:ee:05"}, roles: [etcd, server], ip: 10.0.1.2}
+    - {name: gpu, match: {hostname: localhost-1}, roles: [agent], labels: {gpu: "true"}}
+`
+	externalPins := `  inventory:
+    - {name: db1, match: {mac: "aa:bb:cc:dd:ee:01"}, roles: [etcd]}
+    - {name: db2, match: {mac: "aa:bb:cc:dd:ee:02"}, roles: [etcd]}
+    - {name: db3, match: {mac: "aa:bb:cc:dd:ee:09"}, roles: [etcd]}
+`
+	renamed := func(ns []*kedgev1.Node, names map[int]string) []*kedgev1.Node {
+		for i, name := range names {
+			ns[i-1].Name = name
+		}
+		return ns
+	}
+	for _, tc := range []struct {
+		name  string
+		in    func(t *testing.T) Input
+		check func(t *testing.T, out Output)
+	}{
+		{"stacked", func(t *testing.T) Input {
+			return Input{Spec: mustSpec(t, "stacked", ""), Secrets: secrets, Nodes: nodes(5)}
+		}, func(t *testing.T, out Output) {
+			wantRoles(t, out, "nuc1", kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER)
+			wantRoles(t, out, "nuc3", kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER)
+			wantRoles(t, out, "nuc4", kedgev1.Role_ROLE_K3S_AGENT)
+			if got := out.Plans["nuc2"].K3S.DatastoreEndpoints; !slices.Equal(got, []string{"https://10.0.0.11:2379", "https://10.0.0.12:2379", "https://10.0.0.13:2379"}) {
+				t.Errorf("datastore endpoints %v", got)
+			}
+		}},
+		{"stacked-late-etcd", func(t *testing.T) Input {
+			return Input{Spec: mustSpec(t, "stacked", ""), Secrets: secrets, Nodes: nodes(1)}
+		}, func(t *testing.T, out Output) {
+			if got := out.Plans["nuc1"].Waiting; got != "waiting for 2 of 3 etcd members to enroll" {
+				t.Errorf("waiting %q", got)
+			}
+		}},
+		{"stacked-pins", func(t *testing.T) Input {
+			// nuc4 and nuc5 enroll late but are pinned to etcd: the early
+			// unpinned nodes do not take their slots.
+			return Input{Spec: mustSpec(t, "stacked", pinned), Secrets: secrets,
+				Nodes: renamed(nodes(5), map[int]string{1: "gpu", 4: "etcd-a", 5: "etcd-b"})}
+		}, func(t *testing.T, out Output) {
+			wantRoles(t, out, "gpu", kedgev1.Role_ROLE_K3S_AGENT)
+			wantRoles(t, out, "nuc2", kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER)
+			wantRoles(t, out, "nuc3", kedgev1.Role_ROLE_K3S_AGENT)
+			wantRoles(t, out, "etcd-a", kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER)
+			if got := out.Plans["etcd-a"].Etcd.PeerUrls; !slices.Equal(got, []string{"https://10.0.1.1:2380"}) {
+				t.Errorf("pinned IP not used: %v", got)
+			}
+		}},
+		{"external", func(t *testing.T) Input {
+			return Input{Spec: mustSpec(t, "external", ""), Secrets: secrets, Nodes: nodes(7)}
+		}, func(t *testing.T, out Output) {
+			wantRoles(t, out, "nuc3", kedgev1.Role_ROLE_ETCD)
+			wantRoles(t, out, "nuc4", kedgev1.Role_ROLE_K3S_SERVER)
+			wantRoles(t, out, "nuc5", kedgev1.Role_ROLE_K3S_SERVER)
+			wantRoles(t, out, "nuc6", kedgev1.Role_ROLE_K3S_AGENT)
+			if out.Plans["nuc1"].K3S != nil {
+				t.Error("an external etcd host got a K3s plan")
+			}
+		}},
+		{"external-etcd-never-arrives", func(t *testing.T) Input {
+			// db3 is pinned but never enrolls: members and servers wait,
+			// agents are planned.
+			return Input{Spec: mustSpec(t, "external", externalPins), Secrets: secrets,
+				Nodes: renamed(nodes(6), map[int]string{1: "db1", 2: "db2"})}
+		}, func(t *testing.T, out Output) {
+			for _, name := range []string{"db1", "db2", "nuc3", "nuc4"} {
+				if got := out.Plans[name].Waiting; got != "waiting for 1 of 3 etcd members to enroll" {
+					t.Errorf("%s waiting %q", name, got)
+				}
+			}
+			wantRoles(t, out, "nuc3", kedgev1.Role_ROLE_K3S_SERVER)
+			wantRoles(t, out, "nuc5", kedgev1.Role_ROLE_K3S_AGENT)
+		}},
+		{"embedded", func(t *testing.T) Input {
+			return Input{Spec: mustSpec(t, "embedded", ""), Secrets: secrets, Nodes: nodes(4)}
+		}, func(t *testing.T, out Output) {
+			if !out.Plans["nuc1"].K3S.ClusterInit || out.Plans["nuc2"].K3S.ClusterInit {
+				t.Error("cluster-init not on the first server only")
+			}
+			if got := out.Plans["nuc3"].K3S.ServerUrl; got != "https://10.0.0.11:6443" {
+				t.Errorf("joining server URL %q", got)
+			}
+			if out.Plans["nuc1"].Etcd != nil || len(out.Plans["nuc1"].K3S.DatastoreEndpoints) > 0 {
+				t.Error("embedded server got kedge etcd")
+			}
+		}},
+		{"embedded-registration-address", func(t *testing.T) Input {
+			s := mustSpec(t, "embedded", "  keepHostnames: true\n")
+			s.K3S.RegistrationAddress = "k3s.edge-1.lan"
+			return Input{Spec: s, Secrets: secrets, Nodes: nodes(4)}
+		}, func(t *testing.T, out Output) {
+			if got := out.Plans["nuc4"].K3S.ServerUrl; got != "https://k3s.edge-1.lan:6443" {
+				t.Errorf("agent server URL %q", got)
+			}
+			if out.Plans["nuc4"].Hostname != "" {
+				t.Error("keepHostnames: hostname set anyway")
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.in(t)
+			out := Compute(in)
+			checkInvariants(t, in, out)
+			tc.check(t, out)
+			golden(t, tc.name, render(t, out))
+		})
+	}
+}
+
+func wantRoles(t *testing.T, out Output, name string, want ...kedgev1.Role) {
+	t.Helper()
+	if got := out.Roles[name]; !slices.Equal(got, want) {
+		t.Errorf("%s: roles %v, want %v", name, got, want)
+	}
+}
+
+func TestDeterministicAcrossRunsAndNodeOrder(t *testing.T) {
+	s := mustSpec(t, "stacked", "")
+	base := Compute(Input{Spec: s, Secrets: secrets, Nodes: nodes(9)})
+	want := render(t, base)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 20 {
+		ns := nodes(9)
+		rng.Shuffle(len(ns), func(a, b int) { ns[a], ns[b] = ns[b], ns[a] })
+		out := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns})
+		if got := render(t, out); !bytes.Equal(got, want) {
+			t.Fatalf("shuffle %d changed the plans", i)
+		}
+		for name, p := range out.Plans {
+			a, _ := proto.MarshalOptions{Deterministic: true}.Marshal(p)
+			b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(base.Plans[name])
+			if !bytes.Equal(a, b) {
+				t.Fatalf("shuffle %d: %s not byte-identical", i, name)
+			}
+		}
+	}
+}
+
+func TestStickyRoles(t *testing.T) {
+	s := mustSpec(t, "stacked", "")
+	// nuc1..nuc3 hold etcd; nuc2 is offline (no effect) and a node with an
+	// earlier sequence but no roles shows up late: nothing reshuffles.
+	etcdServer := []kedgev1.Role{kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER}
+	ns := []*kedgev1.Node{node(1, etcdServer...), node(2, etcdServer...), node(3, etcdServer...), node(4, kedgev1.Role_ROLE_K3S_AGENT)}
+	ns[1].Condition = kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE
+	late := node(0)
+	out := Compute(Input{Spec: s, Secrets: secrets, Nodes: append(ns, late)})
+	wantRoles(t, out, "nuc0", kedgev1.Role_ROLE_K3S_AGENT)
+	wantRoles(t, out, "nuc2", etcdServer...)
+	wantRoles(t, out, "nuc4", kedgev1.Role_ROLE_K3S_AGENT)
+
+	// A REMOVED member frees its roles: the next node without roles takes them.
+	ns[1].State = kedgev1.NodeState_NODE_STATE_REMOVED
+	fresh := node(5)
+	out = Compute(Input{Spec: s, Secrets: secrets, Nodes: append(ns, fresh)})
+	if _, ok := out.Plans["nuc2"]; ok {
+		t.Error("a removed node got a plan")
+	}
+	wantRoles(t, out, "nuc5", etcdServer...)
+	wantRoles(t, out, "nuc4", kedgev1.Role_ROLE_K3S_AGENT)
+
+	// Pending nodes get nothing.
+	pending := node(6)
+	pending.State = kedgev1.NodeState_NODE_STATE_PENDING_APPROVAL
+	out = Compute(Input{Spec: s, Secrets: secrets, Nodes: append(ns, pending)})
+	if _, ok := out.Plans["nuc6"]; ok {
+		t.Error("a node pending approval got a plan")
+	}
+}
+
+func TestAgentsMoveOnlyWhenTheirServerIsUnhealthy(t *testing.T) {
+	s := mustSpec(t, "stacked", "")
+	ns := nodes(23) // 3 servers, 20 agents
+	before := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns})
+	perServer := map[string]int{}
+	for i := 4; i <= 23; i++ {
+		perServer[before.Plans[fmt.Sprintf("nuc%d", i)].K3S.ServerUrl]++
+	}
+	if len(perServer) != 3 {
+		t.Errorf("agents spread over %d servers, want all 3: %v", len(perServer), perServer)
+	}
+
+	for _, cond := range []kedgev1.NodeCondition{kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE, kedgev1.NodeCondition_NODE_CONDITION_DEGRADED} {
+		ns := nodes(23)
+		ns[1].Condition = cond // nuc2, https://10.0.0.12:6443
+		after := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns})
+		moved := 0
+		for i := 4; i <= 23; i++ {
+			name := fmt.Sprintf("nuc%d", i)
+			was, now := before.Plans[name].K3S.ServerUrl, after.Plans[name].K3S.ServerUrl
+			switch {
+			case now == "https://10.0.0.12:6443":
+				t.Errorf("%v: %s still points at the unhealthy server", cond, name)
+			case was == "https://10.0.0.12:6443":
+				moved++
+			case was != now:
+				t.Errorf("%v: %s moved from healthy %s to %s", cond, name, was, now)
+			}
+		}
+		if moved == 0 {
+			t.Errorf("%v: no agent was on nuc2 to move", cond)
+		}
+		// Server and etcd plans do not change with another node's health.
+		for _, name := range []string{"nuc1", "nuc2", "nuc3"} {
+			if after.Plans[name].Hash != before.Plans[name].Hash {
+				t.Errorf("%v: %s's plan changed", cond, name)
+			}
+		}
+	}
+
+	// No server healthy: agents point at the first server by order.
+	ns = nodes(5)
+	for _, n := range ns[:3] {
+		n.Condition = kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE
+	}
+	out := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns})
+	if got := out.Plans["nuc4"].K3S.ServerUrl; got != "https://10.0.0.11:6443" {
+		t.Errorf("with no healthy server, agent points at %s, want the first server", got)
+	}
+}
+
+func TestAgentWaitsWithoutServers(t *testing.T) {
+	s := mustSpec(t, "external", `  inventory:
+    - {name: a, match: {hostname: localhost-1}, roles: [agent]}
+`)
+	out := Compute(Input{Spec: s, Secrets: secrets, Nodes: []*kedgev1.Node{node(1)}})
+	if got := out.Plans["nuc1"].Waiting; got != "waiting for a K3s server to enroll" {
+		t.Errorf("waiting %q", got)
+	}
+}
+
+func TestHashIgnoresRevisionAndHash(t *testing.T) {
+	p := &kedgev1.Plan{NodeName: "nuc1", Cluster: "edge-1", Hostname: "nuc1"}
+	h := Hash(p)
+	p.Revision, p.Hash = 42, "stale"
+	if Hash(p) != h {
+		t.Error("revision or hash changed the content hash")
+	}
+	p.Hostname = "other"
+	if Hash(p) == h {
+		t.Error("a content change kept the hash")
+	}
+}
