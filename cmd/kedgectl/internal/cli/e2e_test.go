@@ -1,0 +1,111 @@
+//go:build coordtest
+
+package cli
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/kedge-io/kedge/coordinator/coordtest"
+	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
+)
+
+const validSpec = `apiVersion: kedge/v1
+kind: Cluster
+metadata:
+  name: edge-1
+spec:
+  topology: stacked
+  etcd:
+    members: 3
+  k3s:
+    servers: 3
+    version: v1.31.4+k3s1
+    binary:
+      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
+      path: /usr/local/bin/k3s
+`
+
+// TestAgainstRealCoordinator drives kedgectl against an in-process real
+// coordinator (coordtest): real PKI, real embedded etcd, real AdminService.
+func TestAgainstRealCoordinator(t *testing.T) {
+	env := coordtest.Start(t)
+	e := newTestEnv(t)
+	e.vars["KEDGE_CONFIG"] = env.AdminConfigPath
+
+	tok := mustRun(t, e, "token", "create", "--cluster", "edge-1", "--ttl", "1h", "--uses", "3")
+	if !regexp.MustCompile(`^[a-z0-9]{6}\.[a-z0-9]{16}\n$`).MatchString(tok) {
+		t.Fatalf("token create printed %q; want id.secret alone", tok)
+	}
+	id, secret, _ := strings.Cut(strings.TrimSpace(tok), ".")
+	list := mustRun(t, e, "token", "list")
+	if !strings.Contains(list, id) || !strings.Contains(list, "0/3") || strings.Contains(list, secret) {
+		t.Errorf("token list should show %s with 0/3 uses and never the secret:\n%s", id, list)
+	}
+	flash := mustRun(t, e, "token", "create", "--cluster", "edge-1", "--print-flash-command")
+	if !strings.Contains(flash, "--ca-pin "+env.CAPin) || !strings.Contains(flash, "--coordinator ") {
+		t.Errorf("flash command lacks the coordinator's pin %s or address:\n%s", env.CAPin, flash)
+	}
+
+	dir := t.TempDir()
+	bad := writeFile(t, filepath.Join(dir, "edge.yaml"), strings.Replace(validSpec, "members: 3", "members: 2", 1))
+	out, errOut, code := e.run(t, "spec", "apply", "-f", bad)
+	if code != ExitError || out != "" || !strings.HasPrefix(errOut, "kedgectl: spec refused: ") || !strings.Contains(errOut, "spec.etcd.members") ||
+		strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+		t.Errorf("invalid spec: exit %d, stdout %q, stderr %q; want one line naming spec.etcd.members", code, out, errOut)
+	}
+	good := writeFile(t, filepath.Join(dir, "edge-ok.yaml"), validSpec)
+	if out := mustRun(t, e, "spec", "apply", "--dry-run", "-f", good); !strings.HasPrefix(out, "cluster edge-1: dry run, nothing stored") {
+		t.Errorf("spec apply --dry-run printed:\n%s", out)
+	}
+	if out := mustRun(t, e, "spec", "apply", "-f", good); !strings.HasPrefix(out, "cluster edge-1: spec stored") {
+		t.Errorf("spec apply printed:\n%s", out)
+	}
+	if out := mustRun(t, e, "spec", "get", "edge-1"); !strings.Contains(out, "members: 3") {
+		t.Errorf("spec get printed:\n%s", out)
+	}
+
+	node := env.EnrollNode(t, &kedgev1.MachineFacts{
+		MachineId: "0123456789abcdef0123456789abcdef", Hostname: "nuc1",
+		Macs: []string{"52:54:00:00:00:01"}, Ips: []string{"127.0.0.1"}, Arch: "amd64", Os: "linux",
+	})
+	nodes := mustRun(t, e, "nodes")
+	if !strings.HasPrefix(nodes, "NAME ") || !strings.Contains(nodes, node.Name) || !strings.Contains(nodes, "edge-1") {
+		t.Errorf("nodes should list %s in edge-1:\n%s", node.Name, nodes)
+	}
+	if out := mustRun(t, e, "node", "get", node.Name); !strings.Contains(out, node.Name) || !strings.Contains(out, "0123456789abcdef0123456789abcdef") {
+		t.Errorf("node get printed:\n%s", out)
+	}
+
+	out = mustRun(t, e, "status", "edge-1", "-o", "json")
+	var st kedgev1.GetClusterStatusResponse
+	if err := protojson.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status -o json does not parse (%v):\n%s", err, out)
+	}
+	if st.GetStatus().GetCluster() != "edge-1" || st.GetStatus().GetPhase() != kedgev1.ClusterPhase_CLUSTER_PHASE_PROVISIONING {
+		t.Errorf("status of a cluster with 1 of 3 nodes: cluster %q phase %s; want edge-1 Provisioning", st.GetStatus().GetCluster(), st.GetStatus().GetPhase())
+	}
+	var raw map[string]any
+	if json.Unmarshal([]byte(out), &raw) != nil {
+		t.Errorf("status -o json is not JSON:\n%s", out)
+	}
+	if out := mustRun(t, e, "status", "edge-1"); !strings.Contains(out, "Phase:    Provisioning") || !strings.Contains(out, node.Name) {
+		t.Errorf("status table:\n%s", out)
+	}
+	_, errOut, code = e.run(t, "status", "edge-1", "--wait", "Healthy", "--timeout", "1500ms")
+	if code != ExitTimeout || !strings.Contains(errOut, "last seen: Provisioning") {
+		t.Errorf("status --wait on a provisioning cluster: exit %d, stderr %q", code, errOut)
+	}
+
+	if out := mustRun(t, e, "events", "--cluster", "edge-1"); !strings.Contains(out, node.Name) {
+		t.Errorf("events should mention the enrolled node %s:\n%s", node.Name, out)
+	}
+	if out := mustRun(t, e, "enrollments", "refused"); !strings.HasPrefix(out, "TIME ") {
+		t.Errorf("enrollments refused printed:\n%s", out)
+	}
+}
