@@ -82,23 +82,37 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	}
 	t.Cleanup(func() {
 		for i := range c.Members {
-			c.Stop(i)
+			if err := c.Stop(i); err != nil {
+				t.Logf("etcd member %s: %v", c.Members[i].Name, err)
+			}
 		}
 	})
 	return c
 }
 
-// AddMember prepares (but does not start) a member that joins the running
-// cluster: its plan says "existing", with an initial cluster of every member
-// plus itself. Add it to etcd (e.g. as a learner) before Start.
-func (c *Cluster) AddMember(name string) int {
+// NewMember prepares a member that may later join the running cluster: free
+// ports, certs, and a plan with state "existing". It is not part of the
+// cluster until Join.
+func (c *Cluster) NewMember(name string) *Member {
 	c.t.Helper()
 	m := c.newMember(name)
-	c.Members = append(c.Members, m)
-	m.Plan.Etcd.InitialCluster = c.initialCluster()
 	m.Plan.Etcd.InitialClusterState = "existing"
+	return m
+}
+
+// Join writes m's config with the given initial cluster (every current member
+// plus m, as etcd requires for a joiner), starts it and waits until it is
+// ready. Add m to etcd first (e.g. etcdmembers.Client.AddLearner). It
+// returns m's index.
+func (c *Cluster) Join(m *Member, initialCluster []*kedgev1.EtcdMember) int {
+	c.t.Helper()
+	m.Plan.Etcd.InitialCluster = initialCluster
 	c.writeConfig(m)
-	return len(c.Members) - 1
+	c.Members = append(c.Members, m)
+	c.Endpoints = append(c.Endpoints, m.ClientURL)
+	i := len(c.Members) - 1
+	c.Start(i)
+	return i
 }
 
 // Start (re)starts member i and waits until it is ready.
@@ -108,21 +122,20 @@ func (c *Cluster) Start(i int) {
 	c.waitReady(i)
 }
 
-// Stop stops member i cleanly and waits until it has stopped; stopping a
-// stopped member does nothing.
-func (c *Cluster) Stop(i int) {
+// Stop stops member i cleanly, waits until it has stopped and returns what
+// its run returned (nil for a clean stop; an error if it had already stopped
+// on its own, e.g. after being removed). Stopping a stopped member does nothing.
+func (c *Cluster) Stop(i int) error {
 	m := c.Members[i]
 	m.mu.Lock()
 	cancel, done := m.cancel, m.done
 	m.cancel = nil
 	m.mu.Unlock()
 	if cancel == nil {
-		return
+		return nil
 	}
 	cancel()
-	if err := <-done; err != nil {
-		c.t.Errorf("etcd member %s stopped with: %v", m.Name, err)
-	}
+	return <-done
 }
 
 // Client is an etcd client over every endpoint with the datastore-client cert.
