@@ -202,6 +202,17 @@ type session struct {
 func (s *session) flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(s.env.Stderr)
+	fs.Usage = func() {
+		synopsis := "kedgectl [--config FILE] [-o table|json] COMMAND [ARGS]"
+		for _, c := range commands() {
+			if c.name == name {
+				synopsis = strings.TrimSpace("kedgectl " + c.name + " " + c.args)
+				fmt.Fprintf(s.env.Stderr, "%s: %s\n", c.name, c.summary)
+			}
+		}
+		fmt.Fprintf(s.env.Stderr, "Usage: %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&s.configFlag, "config", s.configFlag, "admin config `FILE` (default $KEDGE_CONFIG, else ~/.kedge/config.yaml)")
 	fs.StringVar(&s.output, "o", s.output, "output `format`: table or json")
 	return fs

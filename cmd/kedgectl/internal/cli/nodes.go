@@ -4,9 +4,29 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"text/tabwriter"
 
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
+
+// labelled is "label value", or "" when value is empty.
+func labelled(label, value string) string {
+	if value == "" {
+		return ""
+	}
+	return label + " " + value
+}
+
+// joinSet joins the non-empty parts with ", ".
+func joinSet(parts ...string) string {
+	var out []string
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ", ")
+}
 
 func nodesList(ctx context.Context, s *session, args []string) error {
 	fs := s.flagSet("nodes")
@@ -43,22 +63,21 @@ func nodeGet(ctx context.Context, s *session, args []string) error {
 		return printJSON(s.env.Stdout, resp)
 	}
 	n, plan, st := resp.GetNode(), resp.GetPlan(), resp.GetNode().GetStatus()
-	t := newTable(s.env.Stdout, "Name:", n.GetName())
-	t.row("Cluster:", n.GetCluster())
-	t.row("State:", stateName(n.GetState()))
-	t.row("Roles:", roleNames(n.GetRoles()))
-	t.row("IP:", n.GetNodeIp()+" (enrolled from "+n.GetObservedAddress()+")")
-	t.row("Condition:", conditionName(n.GetCondition()))
-	t.row("Reason:", nodeReason(n))
-	t.row("Last seen:", s.ago(n.GetLastSeen()))
-	t.row("Enrolled:", fmt.Sprintf("%s (token %s, order %d)", timestamp(n.GetEnrolledAt()), n.GetTokenId(), n.GetEnrollSequence()))
-	t.row("Plan:", fmt.Sprintf("hash %s, revision %d", shortHash(n.GetPlanHash()), n.GetPlanRevision()))
-	if plan.GetWaiting() != "" {
-		t.row("Plan waiting:", plan.GetWaiting())
-	}
-	t.row("Node applied:", fmt.Sprintf("hash %s, revision %d", shortHash(st.GetPlanHash()), st.GetPlanRevision()))
-	if st.GetApplyError() != "" {
-		t.row("Apply error:", st.GetApplyStep()+": "+st.GetApplyError())
+	f := n.GetFacts()
+	rows := [][2]string{
+		{"Name:", n.GetName()},
+		{"Cluster:", n.GetCluster()},
+		{"State:", stateName(n.GetState())},
+		{"Roles:", roleNames(n.GetRoles())},
+		{"IP:", joinSet(n.GetNodeIp(), labelled("enrolled from", n.GetObservedAddress()))},
+		{"Condition:", conditionName(n.GetCondition())},
+		{"Reason:", nodeReason(n)},
+		{"Last seen:", s.ago(n.GetLastSeen())},
+		{"Enrolled:", joinSet(timestamp(n.GetEnrolledAt()), labelled("token", n.GetTokenId()), fmt.Sprintf("order %d", n.GetEnrollSequence()))},
+		{"Plan:", fmt.Sprintf("hash %s, revision %d", shortHash(n.GetPlanHash()), n.GetPlanRevision())},
+		{"Plan waiting:", plan.GetWaiting()},
+		{"Node applied:", fmt.Sprintf("hash %s, revision %d", shortHash(st.GetPlanHash()), st.GetPlanRevision())},
+		{"Apply error:", joinSet(st.GetApplyStep(), st.GetApplyError())},
 	}
 	if e := st.GetEtcd(); e != nil {
 		etcd := "healthy"
@@ -68,27 +87,36 @@ func nodeGet(ctx context.Context, s *session, args []string) error {
 		if e.GetIsLeader() {
 			etcd += ", leader"
 		}
-		t.row("etcd member:", etcd)
+		rows = append(rows, [2]string{"etcd member:", etcd})
 	}
 	if k := st.GetK3S(); k != nil {
 		k3s := "ready"
 		if !k.GetReady() {
 			k3s = "not ready: " + k.GetError()
 		}
-		t.row("K3s:", k3s)
+		rows = append(rows, [2]string{"K3s:", k3s})
 	}
-	f := n.GetFacts()
-	t.row("Facts:", fmt.Sprintf("hostname %s, machine-id %s, serial %s, uuid %s", f.GetHostname(), f.GetMachineId(), f.GetDmiProductSerial(), f.GetDmiProductUuid()))
-	t.row("", fmt.Sprintf("macs %s, ips %s, %s/%s", strings.Join(f.GetMacs(), ","), strings.Join(f.GetIps(), ","), f.GetOs(), f.GetArch()))
-	t.row("Agent:", st.GetAgentVersion())
+	rows = append(rows,
+		[2]string{"Facts:", joinSet(labelled("hostname", f.GetHostname()), labelled("machine-id", f.GetMachineId()),
+			labelled("serial", f.GetDmiProductSerial()), labelled("uuid", f.GetDmiProductUuid()))},
+		[2]string{"", joinSet(labelled("macs", strings.Join(f.GetMacs(), ",")), labelled("ips", strings.Join(f.GetIps(), ",")),
+			strings.Trim(f.GetOs()+"/"+f.GetArch(), "/"))},
+		[2]string{"Agent:", st.GetAgentVersion()},
+	)
 	for i, w := range n.GetWarnings() {
 		label := ""
 		if i == 0 {
 			label = "Warnings:"
 		}
-		t.row(label, w)
+		rows = append(rows, [2]string{label, w})
 	}
-	if err := t.flush(); err != nil {
+	t := tabwriter.NewWriter(s.env.Stdout, 0, 0, 2, ' ', 0)
+	for _, r := range rows {
+		if r[1] != "" {
+			fmt.Fprintf(t, "%s\t%s\n", r[0], r[1])
+		}
+	}
+	if err := t.Flush(); err != nil {
 		return err
 	}
 	if len(st.GetUnits()) == 0 {
