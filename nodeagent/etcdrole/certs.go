@@ -4,11 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kedge-io/kedge/coordinator/pki"
 	"github.com/kedge-io/kedge/internal/atomicfile"
 	"github.com/kedge-io/kedge/nodeagent/paths"
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
@@ -147,13 +144,12 @@ func ensure(ctx context.Context, root string, specs []certSpec, client kedgev1.N
 	keys := make([]*ecdsa.PrivateKey, len(due))
 	req := &kedgev1.SignCertificatesRequest{}
 	for i, s := range due {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		// The key is made here and never leaves the node; only the CSR does.
+		key, err := pki.GenerateKey()
 		if err != nil {
 			return false, fmt.Errorf("generate key for %s: %w", s.label, err)
 		}
-		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-			Subject: pkix.Name{CommonName: s.cn}, IPAddresses: s.wantIPs,
-		}, key)
+		csr, err := pki.CreateCSR(key, s.cn)
 		if err != nil {
 			return false, fmt.Errorf("create CSR for %s: %w", s.label, err)
 		}
@@ -195,11 +191,11 @@ func ensure(ctx context.Context, root string, specs []certSpec, client kedgev1.N
 		if err := verifyChain(cert, newCA, s.eku); err != nil {
 			return false, fmt.Errorf("coordinator returned a %s the etcd CA does not verify: %w", s.label, err)
 		}
-		der, err := x509.MarshalECPrivateKey(keys[i])
+		keyPEM, err := pki.EncodeKeyPEM(keys[i])
 		if err != nil {
 			return false, err
 		}
-		out = append(out, signed{s, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), certPEM, cert})
+		out = append(out, signed{s, keyPEM, certPEM, cert})
 	}
 	// Key before cert: a crash in between leaves a pair that fails the key
 	// check next time and is simply requested again.
@@ -308,32 +304,6 @@ func readCACert(path string) (*x509.Certificate, error) {
 	return c, nil
 }
 
-func parseCertPEM(b []byte) (*x509.Certificate, error) {
-	block, _ := pem.Decode(b)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, errors.New("not a PEM certificate")
-	}
-	return x509.ParseCertificate(block.Bytes)
-}
+func parseCertPEM(b []byte) (*x509.Certificate, error) { return pki.DecodeCertPEM(b) }
 
-func parseKeyPEM(b []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(b)
-	if block == nil {
-		return nil, errors.New("not PEM")
-	}
-	switch block.Type {
-	case "EC PRIVATE KEY":
-		return x509.ParseECPrivateKey(block.Bytes)
-	case "PRIVATE KEY":
-		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		s, ok := k.(crypto.Signer)
-		if !ok {
-			return nil, errors.New("not a signing key")
-		}
-		return s, nil
-	}
-	return nil, fmt.Errorf("unexpected PEM type %q", block.Type)
-}
+func parseKeyPEM(b []byte) (crypto.Signer, error) { return pki.DecodeKeyPEM(b) }
