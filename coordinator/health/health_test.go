@@ -73,7 +73,9 @@ func TestNodeCondition(t *testing.T) {
 		{"unit restarting", func(n *kedgev1.Node) {
 			n.Status.Units[1] = unit("k3s.service", "activating", "auto-restart", "exit-code", 3)
 		}, stackedPlan, degraded, "unit k3s.service is restarting (3 restarts, Result=exit-code)"},
-		{"unit stopped", func(n *kedgev1.Node) { n.Status.Units[0] = unit("kedge-etcd.service", "inactive", "dead", "success", 0) },
+		{"unit stopped", func(n *kedgev1.Node) {
+			n.Status.Units[0] = unit("kedge-etcd.service", "inactive", "dead", "success", 0)
+		},
 			stackedPlan, degraded, "unit kedge-etcd.service is not active (inactive/dead)"},
 		{"unit activating", func(n *kedgev1.Node) {
 			n.Status.Units[0] = unit("kedge-etcd.service", "activating", "start", "success", 0)
