@@ -13,10 +13,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // testCA is a real ECDSA CA for the test's etcd and its clients.
@@ -75,6 +77,7 @@ type testEtcd struct {
 	caFile, certFile, keyFile string // a datastore-client cert from the etcd CA
 	ca                        *testCA
 	dir                       string
+	stop                      func()
 }
 
 func startEtcd(t *testing.T) *testEtcd {
@@ -92,7 +95,7 @@ func startEtcd(t *testing.T) *testEtcd {
 	cfg := embed.NewConfig()
 	cfg.Name = "etcd0"
 	cfg.Dir = filepath.Join(dir, "data")
-	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // Close logs errors that are only noise
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*clientURL}, []url.URL{*clientURL}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peerURL}, []url.URL{*peerURL}
 	cfg.InitialCluster = fmt.Sprintf("etcd0=%s", peerURL)
@@ -103,7 +106,9 @@ func startEtcd(t *testing.T) *testEtcd {
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
 	}
-	t.Cleanup(e.Close)
+	var once sync.Once
+	stop := func() { once.Do(e.Close) }
+	t.Cleanup(stop)
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
@@ -111,7 +116,7 @@ func startEtcd(t *testing.T) *testEtcd {
 	case <-time.After(30 * time.Second):
 		t.Fatal("etcd not ready within 30s")
 	}
-	return &testEtcd{endpoint: clientURL.String(), caFile: caFile, certFile: clientCert, keyFile: clientKey, ca: ca, dir: dir}
+	return &testEtcd{endpoint: clientURL.String(), caFile: caFile, certFile: clientCert, keyFile: clientKey, ca: ca, dir: dir, stop: stop}
 }
 
 func freeAddr(t *testing.T) string {

@@ -32,7 +32,7 @@ type proc struct {
 	logs   *bytes.Buffer
 }
 
-func start(t *testing.T, args []string, env map[string]string) *proc {
+func start(t *testing.T, args []string, env map[string]string, tune ...func(*Options)) *proc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &proc{ready: make(chan struct{}), done: make(chan error, 1), cancel: cancel, logs: &bytes.Buffer{}}
@@ -43,6 +43,9 @@ func start(t *testing.T, args []string, env map[string]string) *proc {
 		Ready:            func() { close(p.ready) },
 		DatastoreTimeout: 2 * time.Second, // loopback etcd answers in milliseconds; refusals wait this long
 		RecheckInterval:  200 * time.Millisecond,
+	}
+	for _, f := range tune {
+		f(&opts)
 	}
 	go func() { p.done <- Run(ctx, args, opts) }()
 	t.Cleanup(func() {
@@ -68,6 +71,18 @@ func (p *proc) awaitReady(t *testing.T) {
 	}
 }
 
+// awaitRefusal waits for the double to exit without ever reporting READY.
+func (p *proc) awaitRefusal(t *testing.T) error {
+	t.Helper()
+	err := p.awaitExit(t)
+	select {
+	case <-p.ready:
+		t.Errorf("the double reported READY before exiting; it should have refused to run")
+	default:
+	}
+	return err
+}
+
 // awaitExit waits for the double to exit and returns its error.
 func (p *proc) awaitExit(t *testing.T) error {
 	t.Helper()
@@ -75,8 +90,6 @@ func (p *proc) awaitExit(t *testing.T) error {
 	case err := <-p.done:
 		p.done <- err // for the cleanup
 		return err
-	case <-p.ready:
-		t.Fatal("the double reported READY; it should have refused to run")
 	case <-time.After(15 * time.Second):
 		t.Fatal("the double did not exit within 15s")
 	}
@@ -207,7 +220,7 @@ func TestServerAgentAndKubectlAgainstRealEtcd(t *testing.T) {
 
 	t.Run("agent with a wrong token is refused", func(t *testing.T) {
 		a := start(t, []string{"k3s", "agent", "--config", agentConfig(t, t.TempDir(), "intruder", serverURL, "not-the-token")}, nil)
-		err := a.awaitExit(t)
+		err := a.awaitRefusal(t)
 		if err == nil || !strings.Contains(err.Error(), "401") {
 			t.Errorf("agent with a wrong token exited with %v, want a 401 refusal", err)
 		}
@@ -251,7 +264,7 @@ func TestServerAgentAndKubectlAgainstRealEtcd(t *testing.T) {
 
 	t.Run("server with a different token exits", func(t *testing.T) {
 		s3 := start(t, []string{"k3s", "server", "--config", serverConfig(t, e, t.TempDir(), "srv3", "another-token", e.certFile, e.keyFile)}, nil)
-		err := s3.awaitExit(t)
+		err := s3.awaitRefusal(t)
 		if err == nil || !strings.Contains(err.Error(), "bootstrap data already found and encrypted with different token") {
 			t.Errorf("server with another token: %v, want K3s's different-token error", err)
 		}
@@ -275,7 +288,7 @@ func TestServerRefusesDatastoreCertsFromAnotherCA(t *testing.T) {
 
 	t.Run("client cert from another CA", func(t *testing.T) {
 		p := start(t, []string{"k3s", "server", "--config", serverConfig(t, e, t.TempDir(), "srv", serverToken, certFile, keyFile)}, nil)
-		err := p.awaitExit(t)
+		err := p.awaitRefusal(t)
 		t.Logf("refused with: %v", err)
 		if err == nil || !strings.Contains(err.Error(), "datastore") || !strings.Contains(err.Error(), "tls:") {
 			t.Errorf("server with a foreign client cert: %v, want a datastore TLS error", err)
@@ -287,7 +300,7 @@ func TestServerRefusesDatastoreCertsFromAnotherCA(t *testing.T) {
 		wrong := *e
 		wrong.caFile = caFile
 		p := start(t, []string{"k3s", "server", "--config", serverConfig(t, &wrong, t.TempDir(), "srv", serverToken, e.certFile, e.keyFile)}, nil)
-		err := p.awaitExit(t)
+		err := p.awaitRefusal(t)
 		t.Logf("refused with: %v", err)
 		if err == nil || !strings.Contains(err.Error(), "certificate") {
 			t.Errorf("server trusting another CA: %v, want a certificate error", err)
@@ -314,5 +327,25 @@ func TestConfigRefusesUnknownKeysAndCoversWhatItSays(t *testing.T) {
 	var out bytes.Buffer
 	if err := Run(context.Background(), []string{"k3s", "--version"}, Options{Stdout: &out}); err != nil || !strings.Contains(out.String(), "TEST DOUBLE") {
 		t.Errorf("--version printed %q (%v), want it to say test double", out.String(), err)
+	}
+}
+
+func TestServerExitsWhenDatastoreIsGone(t *testing.T) {
+	e := startEtcd(t)
+	cli := etcdClient(t, e)
+	p := start(t, []string{"k3s", "server", "--config", serverConfig(t, e, t.TempDir(), "srv1", serverToken, e.certFile, e.keyFile)}, nil,
+		func(o *Options) { o.DatastoreLossLimit = time.Second })
+	p.awaitReady(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for get(t, cli, "/registry/leases/kube-node-lease/srv1") == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("server did not renew its node lease within 5s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.stop()
+	err := p.awaitExit(t)
+	if err == nil || !strings.Contains(err.Error(), "datastore unreachable") {
+		t.Errorf("server after etcd stopped: %v, want it to exit naming the datastore", err)
 	}
 }

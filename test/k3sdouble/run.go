@@ -21,6 +21,9 @@
 //   - `kubectl run NAME --image IMAGE` (as `kubectl` or `k3s kubectl`) creates
 //     /registry/pods/default/NAME through the server, authenticated by the
 //     client cert in k3s.yaml; `kubectl get nodes` lists the minions.
+//   - A server renews /registry/leases/kube-node-lease/NAME every few seconds
+//     and exits when the datastore has been unreachable for 25 s, as the K3s
+//     server holding controller leadership did; systemd restarts it.
 //
 // Not covered: K3s's embedded etcd (cluster-init, or server: without a
 // datastore) is refused with a clear error; no kubelet, no containers.
@@ -53,8 +56,12 @@ type Options struct {
 	Ready func()
 	// DatastoreTimeout bounds the first datastore round trip; 10 s if zero.
 	DatastoreTimeout time.Duration
-	// RecheckInterval is how often an agent re-checks its server; 5 s if zero.
+	// RecheckInterval is how often an agent re-checks its server and a server
+	// renews its node lease in the datastore; 5 s if zero.
 	RecheckInterval time.Duration
+	// DatastoreLossLimit is how long a server runs without reaching its
+	// datastore before it exits (K3s's did after about 25 s); 25 s if zero.
+	DatastoreLossLimit time.Duration
 }
 
 const usage = `k3s TEST DOUBLE (not K3s): a stand-in for kedge's tests.
@@ -88,11 +95,17 @@ func Run(ctx context.Context, args []string, opts Options) error {
 	if opts.RecheckInterval == 0 {
 		opts.RecheckInterval = 5 * time.Second
 	}
+	if opts.DatastoreLossLimit == 0 {
+		opts.DatastoreLossLimit = 25 * time.Second
+	}
 	if len(args) == 0 {
 		args = []string{"k3s"}
 	}
-	if filepath.Base(args[0]) == "kubectl" {
+	switch filepath.Base(args[0]) {
+	case "kubectl":
 		return runKubectl(ctx, args[1:], opts)
+	case "crictl", "ctr":
+		return fmt.Errorf("k3s TEST DOUBLE (not K3s) has no %s: it runs no containers", filepath.Base(args[0]))
 	}
 	if len(args) < 2 {
 		fmt.Fprint(opts.Stdout, usage)

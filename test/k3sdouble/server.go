@@ -124,13 +124,41 @@ func runServer(ctx context.Context, args []string, opts Options) error {
 	if err := notifyReady(opts); err != nil {
 		return err
 	}
-	select {
-	case <-ctx.Done():
-		opts.Log.Info("k3s TEST DOUBLE server stopping")
-		return nil
-	case err := <-serveErr:
-		return fmt.Errorf("serve https: %w", err)
+	lease := time.NewTicker(opts.RecheckInterval)
+	defer lease.Stop()
+	lastReached := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			opts.Log.Info("k3s TEST DOUBLE server stopping")
+			return nil
+		case err := <-serveErr:
+			return fmt.Errorf("serve https: %w", err)
+		case <-lease.C:
+		}
+		if err := s.renewLease(ctx, name, opts.RecheckInterval); err == nil {
+			lastReached = time.Now()
+		} else if ctx.Err() == nil {
+			if gone := time.Since(lastReached); gone >= opts.DatastoreLossLimit {
+				return fmt.Errorf("datastore unreachable for %s: %w", gone.Round(time.Second), err)
+			}
+			opts.Log.Warn("failed to renew node lease", "node", name, "error", err)
+		}
 	}
+}
+
+// renewLease writes the node's lease as the kubelet does, proving the
+// datastore still answers.
+func (s *server) renewLease(ctx context.Context, name string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	lease, _ := json.Marshal(map[string]any{
+		"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+		"metadata": map[string]any{"name": name, "namespace": "kube-node-lease"},
+		"spec":     map[string]any{"holderIdentity": name, "renewTime": time.Now().UTC().Format(time.RFC3339)},
+	})
+	_, err := s.etcd.Put(ctx, "/registry/leases/kube-node-lease/"+name, k8sPrefix+string(lease))
+	return err
 }
 
 // connectDatastore opens the real etcd client with the datastore TLS files
