@@ -13,6 +13,10 @@
 // first of them by order with cluster-init). Everyone else is an agent.
 // Nodes pending approval get nothing.
 //
+// Joining. Members listed in Input.EtcdJoins join a running etcd with state
+// "existing" and the coordinator's member list; everyone else is an initial
+// member with state "new".
+//
 // Release. An etcd member's plan, and a K3s server's on an external
 // datastore, is held back (Plan.waiting, no etcd or k3s section) until every
 // initial etcd member has enrolled, so no member starts with a partial
@@ -60,6 +64,13 @@ type Input struct {
 	// Enrolled nodes of the cluster, with their stored (sticky) roles,
 	// node_ip, enroll_sequence, and derived condition and status.
 	Nodes []*kedgev1.Node
+	// EtcdJoins lists etcd members joining a cluster that already runs (a
+	// member added to the spec, or a replacement), by node name, with the
+	// initial cluster the coordinator got from etcdmembers.JoinCluster after
+	// adding the member as a learner. Those members are planned with state
+	// "existing" and that list; all others are initial members ("new").
+	// A nil map means a cluster still at its initial membership.
+	EtcdJoins map[string][]*kedgev1.EtcdMember
 }
 
 // Output is the plans and the role assignments to persist on the node records.
@@ -89,10 +100,13 @@ func Compute(in Input) Output {
 	members := active(in)
 	assign(in.Spec, members)
 
-	var etcds, servers []*member
+	var etcds, initialMembers, servers []*member
 	for _, m := range members {
 		if m.has(kedgev1.Role_ROLE_ETCD) {
 			etcds = append(etcds, m)
+			if _, joins := in.EtcdJoins[m.node.Name]; !joins {
+				initialMembers = append(initialMembers, m)
+			}
 		}
 		if m.has(kedgev1.Role_ROLE_K3S_SERVER) {
 			servers = append(servers, m)
@@ -111,9 +125,11 @@ func Compute(in Input) Output {
 	if missing := wantEtcd - len(etcds); missing > 0 {
 		waiting = fmt.Sprintf("waiting for %d of %d etcd members to enroll", missing, wantEtcd)
 	}
-	initial := initialCluster(etcds)
-	endpoints := make([]string, 0, len(initial))
-	for _, e := range initial {
+	// Joiners stay out of the initial members' list, so a join does not
+	// change (and restart) the members already running.
+	initial := initialCluster(initialMembers)
+	var endpoints []string
+	for _, e := range initialCluster(etcds) {
 		endpoints = append(endpoints, e.ClientUrls...)
 	}
 	candidates := healthyServers(servers)
@@ -130,7 +146,8 @@ func Compute(in Input) Output {
 		out.Roles[m.node.Name] = slices.Clone(m.roles)
 		out.Plans[m.node.Name] = p
 
-		needsEtcd := m.has(kedgev1.Role_ROLE_ETCD) ||
+		_, joins := in.EtcdJoins[m.node.Name]
+		needsEtcd := m.has(kedgev1.Role_ROLE_ETCD) && !joins ||
 			m.has(kedgev1.Role_ROLE_K3S_SERVER) && in.Spec.Topology != kedgev1.Topology_TOPOLOGY_EMBEDDED
 		if needsEtcd && waiting != "" {
 			p.Waiting = waiting
@@ -139,6 +156,10 @@ func Compute(in Input) Output {
 		}
 		if m.has(kedgev1.Role_ROLE_ETCD) {
 			p.Etcd = etcdPlan(in, m, initial)
+			if joinList, joins := in.EtcdJoins[m.node.Name]; joins {
+				p.Etcd.InitialCluster = sortedMembers(joinList)
+				p.Etcd.InitialClusterState = "existing"
+			}
 		}
 		switch {
 		case m.has(kedgev1.Role_ROLE_K3S_SERVER):
@@ -286,6 +307,15 @@ func initialCluster(etcds []*member) []*kedgev1.EtcdMember {
 	return out
 }
 
+func sortedMembers(ms []*kedgev1.EtcdMember) []*kedgev1.EtcdMember {
+	out := make([]*kedgev1.EtcdMember, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, proto.Clone(m).(*kedgev1.EtcdMember))
+	}
+	slices.SortFunc(out, func(a, b *kedgev1.EtcdMember) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
 func etcdPlan(in Input, m *member, initial []*kedgev1.EtcdMember) *kedgev1.EtcdPlan {
 	e := in.Spec.GetEtcd()
 	p := &kedgev1.EtcdPlan{
@@ -299,12 +329,8 @@ func etcdPlan(in Input, m *member, initial []*kedgev1.EtcdMember) *kedgev1.EtcdP
 		ElectionTimeoutMs:   e.GetElectionTimeoutMs(),
 		Ips:                 []string{m.ip},
 	}
-	for _, im := range initial {
-		if im.Name == m.node.Name {
-			p.PeerUrls = slices.Clone(im.PeerUrls)
-			p.ClientUrls = slices.Clone(im.ClientUrls)
-		}
-	}
+	p.PeerUrls = []string{"https://" + net.JoinHostPort(m.ip, EtcdPeerPort)}
+	p.ClientUrls = []string{"https://" + net.JoinHostPort(m.ip, EtcdClientPort)}
 	return p
 }
 

@@ -400,3 +400,34 @@ func TestHashIgnoresRevisionAndHash(t *testing.T) {
 		t.Error("a content change kept the hash")
 	}
 }
+
+func TestEtcdJoinerGetsExistingStateAndLeavesMembersAlone(t *testing.T) {
+	s := mustSpec(t, "stacked", "")
+	etcdServer := []kedgev1.Role{kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER}
+	// nuc2 was removed; nuc4 replaces it.
+	ns := []*kedgev1.Node{node(1, etcdServer...), node(3, etcdServer...), node(4)}
+	joinList := []*kedgev1.EtcdMember{
+		{Name: "nuc4", PeerUrls: []string{"https://10.0.0.14:2380"}},
+		{Name: "nuc1", PeerUrls: []string{"https://10.0.0.11:2380"}},
+		{Name: "nuc3", PeerUrls: []string{"https://10.0.0.13:2380"}},
+	}
+	out := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns, EtcdJoins: map[string][]*kedgev1.EtcdMember{"nuc4": joinList}})
+	wantRoles(t, out, "nuc4", etcdServer...)
+	p := out.Plans["nuc4"]
+	if p.Waiting != "" || p.Etcd.InitialClusterState != "existing" {
+		t.Fatalf("joiner plan: waiting %q state %q", p.Waiting, p.GetEtcd().GetInitialClusterState())
+	}
+	var names []string
+	for _, m := range p.Etcd.InitialCluster {
+		names = append(names, m.Name)
+	}
+	if !slices.Equal(names, []string{"nuc1", "nuc3", "nuc4"}) {
+		t.Errorf("joiner initial cluster %v", names)
+	}
+	if got := out.Plans["nuc1"].Etcd; got.InitialClusterState != "new" || len(got.InitialCluster) != 2 {
+		t.Errorf("the joiner entered a running member's initial cluster: %v", got)
+	}
+	if got := out.Plans["nuc1"].K3S.DatastoreEndpoints; !slices.Equal(got, []string{"https://10.0.0.11:2379", "https://10.0.0.13:2379", "https://10.0.0.14:2379"}) {
+		t.Errorf("datastore endpoints %v, want every member's", got)
+	}
+}
