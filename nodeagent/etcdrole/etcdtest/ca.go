@@ -24,7 +24,7 @@ type CA struct {
 // NewCA makes a CA whose subject is name.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	ca, err := pki.NewCA(name, 24*time.Hour, time.Now())
+	ca, err := pki.NewCA(name, pki.DefaultLifetimes().CA, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
