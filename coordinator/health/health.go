@@ -152,13 +152,15 @@ func NodeCondition(n *kedgev1.Node, plan *kedgev1.Plan, opts Options) (kedgev1.N
 	}
 	if slices.Contains(plan.Roles, kedgev1.Role_ROLE_K3S_SERVER) {
 		// /ping failing is expected while K3s starts; only after the node
-		// was Ready does it mean the server stopped serving.
+		// was Ready does it mean the server stopped serving. Degraded counts
+		// as "was Ready" too, or the condition would fall back to
+		// Provisioning on the next derivation.
 		if k := st.K3S; k != nil && !k.Ready {
 			reason := "K3s server not ready"
 			if k.Error != "" {
 				reason += ": " + k.Error
 			}
-			if n.Condition == ready && st.PlanHash == plan.Hash {
+			if (n.Condition == ready || n.Condition == degraded) && st.PlanHash == plan.Hash {
 				return degraded, reason
 			}
 			pending = append(pending, reason)

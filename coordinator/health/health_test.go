@@ -96,6 +96,10 @@ func TestNodeCondition(t *testing.T) {
 			n.Condition = ready
 			n.Status.K3S = &kedgev1.K3SStatus{Error: "connection refused"}
 		}, stackedPlan, degraded, "K3s server not ready: connection refused"},
+		{"k3s still not ready, stays degraded", func(n *kedgev1.Node) {
+			n.Condition = degraded
+			n.Status.K3S = &kedgev1.K3SStatus{Error: "connection refused"}
+		}, stackedPlan, degraded, "K3s server not ready: connection refused"},
 		{"agent ready", func(n *kedgev1.Node) {
 			n.Status = &kedgev1.NodeStatus{PlanHash: "a1", Units: []*kedgev1.UnitStatus{running("k3s-agent.service")}}
 		}, &kedgev1.Plan{Roles: agentRole, Hash: "a1"}, ready, "k3s-agent.service active"},
