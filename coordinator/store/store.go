@@ -303,3 +303,22 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 	}
 	return resp.Header.Revision, nil
 }
+
+// TrimPrefix deletes the oldest keys (in key order) under prefix beyond keep.
+func (s *Store) TrimPrefix(ctx context.Context, prefix string, keep int) error {
+	resp, err := s.cli.Get(ctx, Prefix+prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count <= int64(keep) {
+		return err
+	}
+	old, err := s.cli.Get(ctx, Prefix+prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithLimit(resp.Count-int64(keep)))
+	if err != nil {
+		return err
+	}
+	for _, kv := range old.Kvs {
+		if _, err := s.cli.Delete(ctx, string(kv.Key)); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,312 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/kedge-io/kedge/coordinator/health"
+	"github.com/kedge-io/kedge/coordinator/pki"
+	"github.com/kedge-io/kedge/coordinator/planner"
+	"github.com/kedge-io/kedge/coordinator/store"
+	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
+)
+
+// planLoop re-plans dirty clusters, one at a time, until ctx ends. Kicks
+// coalesce: a burst of enrollments causes a handful of re-plans, not one each.
+func (s *Server) planLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kickCh:
+		}
+		s.mu.Lock()
+		dirty := s.dirty
+		s.dirty = map[string]bool{}
+		s.mu.Unlock()
+		for cluster := range dirty {
+			if _, err := s.replan(ctx, cluster, nil, false); err != nil && ctx.Err() == nil {
+				s.log.Warn("re-plan failed; will retry on the next change", "cluster", cluster, "err", err)
+				s.mu.Lock()
+				s.dirty[cluster] = true
+				s.mu.Unlock()
+			}
+		}
+	}
+}
+
+func (s *Server) healthOpts() health.Options {
+	return health.Options{Now: s.now(), UnreachableAfter: s.cfg.UnreachableAfter}
+}
+
+// clusterNodes returns copies of a cluster's nodes with derived fields
+// filled (status, condition, last_seen, plan hash), ordered by enrollment.
+func (s *Server) clusterNodes(cluster string, includeAll bool) []*kedgev1.Node {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*kedgev1.Node
+	for _, cn := range s.nodes {
+		if cluster != "" && cn.node.Cluster != cluster {
+			continue
+		}
+		if !includeAll && cn.node.State != kedgev1.NodeState_NODE_STATE_ENROLLED {
+			continue
+		}
+		out = append(out, s.decorateLocked(cn))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].EnrollSequence != out[j].EnrollSequence {
+			return out[i].EnrollSequence < out[j].EnrollSequence
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// decorateLocked copies cn's record with the read-time fields. Caller holds s.mu.
+func (s *Server) decorateLocked(cn *cachedNode) *kedgev1.Node {
+	n := proto.Clone(cn.node).(*kedgev1.Node)
+	n.Status = cn.status
+	n.LastSeen = timestamppbOrNil(cn.lastSeen)
+	if cp := s.plans[n.Name]; cp != nil {
+		n.PlanHash, n.PlanRevision = cp.plan.Hash, cp.plan.Revision
+	}
+	n.Condition, n.ConditionReason = cn.condition, cn.reason
+	if n.Condition == kedgev1.NodeCondition_NODE_CONDITION_UNSPECIFIED {
+		var p *kedgev1.Plan
+		if cp := s.plans[n.Name]; cp != nil {
+			p = cp.plan
+		}
+		n.Condition, n.ConditionReason = health.NodeCondition(n, p, s.healthOpts())
+	}
+	return n
+}
+
+// replan computes a cluster's plans. Unless dryRun it persists roles and
+// changed plans and returns the changes; spec overrides the stored spec
+// (ApplySpec computes against the spec being applied).
+func (s *Server) replan(ctx context.Context, cluster string, override *kedgev1.ClusterSpec, dryRun bool) ([]*kedgev1.PlanChange, error) {
+	s.planMu.Lock()
+	defer s.planMu.Unlock()
+	s.mu.RLock()
+	sp := s.specs[cluster]
+	s.mu.RUnlock()
+	if override != nil {
+		sp = override
+	}
+	if sp == nil {
+		return nil, nil // no spec yet: nodes wait for one
+	}
+	var secrets *kedgev1.ClusterSecrets
+	var err error
+	if dryRun {
+		secrets = &kedgev1.ClusterSecrets{}
+		if _, _, err := s.store.Get(ctx, store.Secrets+cluster, secrets); err != nil {
+			return nil, err
+		}
+	} else {
+		if secrets, err = s.clusterSecrets(ctx, cluster); err != nil {
+			return nil, err
+		}
+		if _, err := s.etcdCA(ctx, cluster); err != nil {
+			return nil, err
+		}
+	}
+	nodes := s.clusterNodes(cluster, false)
+	out := planner.Compute(planner.Input{Spec: sp, Secrets: secrets, Nodes: nodes})
+
+	var changes []*kedgev1.PlanChange
+	names := make([]string, 0, len(out.Plans))
+	for name := range out.Plans {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := out.Plans[name]
+		s.mu.RLock()
+		cur := s.plans[name]
+		s.mu.RUnlock()
+		var old *kedgev1.Plan
+		var oldRev int64
+		if cur != nil {
+			old, oldRev = cur.plan, cur.modRevision
+		}
+		if old != nil && old.Hash == p.Hash {
+			continue
+		}
+		changes = append(changes, &kedgev1.PlanChange{Node: name, OldHash: old.GetHash(), NewHash: p.Hash, Changes: diffPlans(old, p)})
+		if dryRun {
+			continue
+		}
+		stored := proto.Clone(p).(*kedgev1.Plan)
+		stored.Revision = 0
+		rev, err := s.store.Commit(ctx, store.Write{Key: store.Plans + name, Value: stored, IfModRevision: oldRev})
+		if errors.Is(err, store.ErrConflict) {
+			// Another coordinator wrote it; its write reaches us by the watch.
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.putPlan(stored, rev)
+		if p.Waiting == "" {
+			s.event(kedgev1.EventType_EVENT_TYPE_PLAN_RELEASED, cluster, name, fmt.Sprintf("plan for %s released (revision %d)", name, rev))
+		}
+	}
+	if dryRun {
+		return changes, nil
+	}
+	for name, roles := range out.Roles {
+		n, rev := s.node(name)
+		if n == nil || slices.Equal(n.Roles, roles) {
+			continue
+		}
+		n.Roles = roles
+		if err := s.writeNode(ctx, n, rev); err != nil && !errors.Is(err, store.ErrConflict) {
+			return changes, err
+		}
+	}
+	return changes, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// clusterSecrets returns the cluster's secrets, creating them on first use.
+// Never regenerated: the server token encrypts K3s's bootstrap data.
+func (s *Server) clusterSecrets(ctx context.Context, cluster string) (*kedgev1.ClusterSecrets, error) {
+	sec := &kedgev1.ClusterSecrets{}
+	_, found, err := s.store.Get(ctx, store.Secrets+cluster, sec)
+	if err != nil || found {
+		return sec, err
+	}
+	sec = &kedgev1.ClusterSecrets{ServerToken: randomHex(32), AgentToken: randomHex(32), EtcdClusterToken: "kedge-" + cluster + "-" + randomHex(8)}
+	_, err = s.store.Commit(ctx, store.Write{Key: store.Secrets + cluster, Value: sec, IfModRevision: 0})
+	if errors.Is(err, store.ErrConflict) {
+		// Another coordinator created them first: use theirs.
+		sec = &kedgev1.ClusterSecrets{}
+		_, _, err = s.store.Get(ctx, store.Secrets+cluster, sec)
+	}
+	return sec, err
+}
+
+// etcdCA returns the cluster's etcd CA, creating it when the cluster first
+// appears. The key is sealed (see pki.Sealer) before it is stored.
+func (s *Server) etcdCA(ctx context.Context, cluster string) (*pki.CA, error) {
+	s.etcdCAMu.Lock()
+	defer s.etcdCAMu.Unlock()
+	if ca := s.etcdCAs[cluster]; ca != nil {
+		return ca, nil
+	}
+	label := store.EtcdCAs + cluster
+	var sealed wrapperspb.BytesValue
+	_, found, err := s.store.Get(ctx, label, &sealed)
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		ca, err := pki.NewCA("kedge etcd CA "+cluster, s.cfg.Lifetimes.CA, s.now())
+		if err != nil {
+			return nil, err
+		}
+		keyPEM, err := ca.KeyPEM()
+		if err != nil {
+			return nil, err
+		}
+		blob, err := s.sealer.Seal(append(append([]byte{}, ca.CertPEM...), keyPEM...), label)
+		if err != nil {
+			return nil, err
+		}
+		_, err = s.store.Commit(ctx, store.Write{Key: label, Value: wrapperspb.Bytes(blob), IfModRevision: 0})
+		if err == nil {
+			s.etcdCAs[cluster] = ca
+			return ca, nil
+		}
+		if !errors.Is(err, store.ErrConflict) {
+			return nil, err
+		}
+		if _, _, err := s.store.Get(ctx, label, &sealed); err != nil {
+			return nil, err
+		}
+	}
+	plain, err := s.sealer.Open(sealed.Value, label)
+	if err != nil {
+		return nil, fmt.Errorf("etcd CA of cluster %s: %w", cluster, err)
+	}
+	ca, err := pki.LoadCA(plain, plain)
+	if err != nil {
+		return nil, fmt.Errorf("etcd CA of cluster %s: %w", cluster, err)
+	}
+	s.etcdCAs[cluster] = ca
+	return ca, nil
+}
+
+// tick re-derives node conditions (so silence becomes Unreachable), re-plans
+// clusters where a condition changed, flushes token use counts and updates
+// the node gauges.
+func (s *Server) tick(ctx context.Context) {
+	s.flushUses(ctx)
+	opts := s.healthOpts()
+	type change struct {
+		cluster, node, msg string
+	}
+	var changed []change
+	counts := map[string]map[string]int{}
+	s.mu.Lock()
+	for _, cn := range s.nodes {
+		if cn.node.State != kedgev1.NodeState_NODE_STATE_ENROLLED {
+			continue
+		}
+		cond, reason := s.deriveLocked(cn, opts)
+		cluster := cn.node.Cluster
+		if counts[cluster] == nil {
+			counts[cluster] = map[string]int{}
+		}
+		counts[cluster][conditionLabel(cond)]++
+		if cond != cn.condition {
+			if cn.condition != kedgev1.NodeCondition_NODE_CONDITION_UNSPECIFIED || cond != kedgev1.NodeCondition_NODE_CONDITION_PROVISIONING {
+				changed = append(changed, change{cluster, cn.node.Name, fmt.Sprintf("node %s is %s: %s", cn.node.Name, conditionLabel(cond), reason)})
+			}
+			cn.condition, cn.reason = cond, reason
+			s.dirty[cluster] = true
+		} else {
+			cn.reason = reason
+		}
+	}
+	s.mu.Unlock()
+	s.cfg.Metrics.SetNodes(counts)
+	for _, c := range changed {
+		s.event(kedgev1.EventType_EVENT_TYPE_NODE_CONDITION, c.cluster, c.node, c.msg)
+	}
+	if len(changed) > 0 {
+		s.kick()
+	}
+}
+
+// deriveLocked derives cn's condition. Caller holds s.mu.
+func (s *Server) deriveLocked(cn *cachedNode, opts health.Options) (kedgev1.NodeCondition, string) {
+	n := proto.Clone(cn.node).(*kedgev1.Node)
+	n.Status = cn.status
+	n.LastSeen = timestamppbOrNil(cn.lastSeen)
+	var p *kedgev1.Plan
+	if cp := s.plans[n.Name]; cp != nil {
+		p = cp.plan
+	}
+	return health.NodeCondition(n, p, opts)
+}
+
+func conditionLabel(c kedgev1.NodeCondition) string {
+	return strings.ToLower(strings.TrimPrefix(c.String(), "NODE_CONDITION_"))
+}
