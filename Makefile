@@ -32,15 +32,24 @@ unit: ## unit and in-process integration tests (no root needed)
 	$(GO) test -count=1 ./...
 
 e2e: build ## the NUC lab tests (root: systemd-nspawn, network namespaces)
-	$(GO) test -tags e2e -count=1 -timeout 40m -v ./test/e2e/...
+	KEDGE_LAB_PREBUILT=1 $(GO) test -tags e2e -count=1 -timeout 40m -v ./test/e2e/...
 
 test: unit e2e ## every test, the lab included
 
-demo: build ## boot a coordinator and 5 NUCs into an HA cluster (root)
-	./test/lab/demo.sh up
+LAB_PACKAGES := systemd-container debootstrap iproute2 etcd-client
 
-demo-down: ## tear the demo lab down
-	./test/lab/demo.sh down
+demo: ## boot a coordinator and 5 NUCs into an HA cluster (root; installs the Debian packages it needs)
+	@if [ "$$(id -u)" = 0 ] && ! dpkg -s $(LAB_PACKAGES) >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y $(LAB_PACKAGES) || { apt-get update && apt-get install -y $(LAB_PACKAGES); }; \
+	fi
+	$(MAKE) build
+	$(GO) build -trimpath -o $(BIN)/kedge-lab ./test/lab/cmd/kedge-lab
+	KEDGE_LAB_PREBUILT=1 ./$(BIN)/kedge-lab up
+
+demo-down: ## tear down a lab left by a killed demo (state under /run/kedge-lab/)
+	$(GO) build -trimpath -o $(BIN)/kedge-lab ./test/lab/cmd/kedge-lab
+	./$(BIN)/kedge-lab down
 
 bench: ## load and speed figures (see docs/performance.md)
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/...

@@ -254,7 +254,20 @@ func (m *Machine) initPID() (int, error) {
 	if cmd == nil {
 		return 0, fmt.Errorf("%s is off", m.Name)
 	}
-	for _, p := range descendants(cmd.Process.Pid) {
+	pid, err := InitPIDUnder(cmd.Process.Pid)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", m.Name, err)
+	}
+	return pid, nil
+}
+
+// InitPID is the host PID of the machine's systemd, for `nsenter -t PID -a`.
+func (m *Machine) InitPID() (int, error) { return m.initPID() }
+
+// InitPIDUnder finds a machine's systemd below its systemd-nspawn process:
+// the "systemd" process whose parent is a systemd-nspawn.
+func InitPIDUnder(nspawnPID int) (int, error) {
+	for _, p := range descendants(nspawnPID) {
 		if comm(p) != "systemd" {
 			continue
 		}
@@ -262,7 +275,7 @@ func (m *Machine) initPID() (int, error) {
 			return p, nil
 		}
 	}
-	return 0, fmt.Errorf("%s: no systemd under nspawn pid %d yet", m.Name, cmd.Process.Pid)
+	return 0, fmt.Errorf("no systemd under nspawn pid %d (yet)", nspawnPID)
 }
 
 func comm(pid int) string {
