@@ -230,6 +230,29 @@ func TestGolden(t *testing.T) {
 			wantRoles(t, out, "nuc3", kedgev1.Role_ROLE_K3S_SERVER)
 			wantRoles(t, out, "nuc5", kedgev1.Role_ROLE_K3S_AGENT)
 		}},
+		{"stacked-server-unreachable", func(t *testing.T) Input {
+			// nuc1 is silent: agents that were on it move; nobody's roles change.
+			ns := nodes(8)
+			ns[0].Condition = kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE
+			return Input{Spec: mustSpec(t, "stacked", ""), Secrets: secrets, Nodes: ns}
+		}, func(t *testing.T, out Output) {
+			wantRoles(t, out, "nuc1", kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER)
+			for i := 4; i <= 8; i++ {
+				if got := out.Plans[fmt.Sprintf("nuc%d", i)].K3S.ServerUrl; got == "https://10.0.0.11:6443" {
+					t.Errorf("nuc%d points at the unreachable server", i)
+				}
+			}
+		}},
+		{"stacked-sticky-late-node", func(t *testing.T) Input {
+			// Roles are stored; a node with an earlier sequence but no roles
+			// (late to be planned) becomes an agent, nothing reshuffles.
+			es := []kedgev1.Role{kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER}
+			return Input{Spec: mustSpec(t, "stacked", ""), Secrets: secrets,
+				Nodes: []*kedgev1.Node{node(0), node(2, es...), node(3, es...), node(4, es...), node(5, kedgev1.Role_ROLE_K3S_AGENT)}}
+		}, func(t *testing.T, out Output) {
+			wantRoles(t, out, "nuc0", kedgev1.Role_ROLE_K3S_AGENT)
+			wantRoles(t, out, "nuc2", kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER)
+		}},
 		{"embedded", func(t *testing.T) Input {
 			return Input{Spec: mustSpec(t, "embedded", ""), Secrets: secrets, Nodes: nodes(4)}
 		}, func(t *testing.T, out Output) {
