@@ -213,3 +213,17 @@ func servedSerial(t *testing.T, clientURL string, base *tls.Config) string {
 	defer conn.Close()
 	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
 }
+
+func clientFor(t *testing.T, root string, endpoints []string) *clientv3.Client {
+	t.Helper()
+	tlsCfg, err := etcdrole.ClientTLS(paths.In(root, paths.EtcdCA), paths.In(root, paths.DatastoreClientCert), paths.In(root, paths.DatastoreClientKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
