@@ -125,6 +125,8 @@ func (a *adminService) WatchEvents(req *kedgev1.WatchEventsRequest, stream kedge
 		select {
 		case <-stream.Context().Done():
 			return nil
+		case <-a.s.stopped:
+			return status.Error(codes.Unavailable, "coordinator is stopping; reconnect")
 		case e := <-ch:
 			if err := send(e); err != nil {
 				return err

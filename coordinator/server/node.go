@@ -90,6 +90,8 @@ func (n *nodeService) WatchPlan(req *kedgev1.WatchPlanRequest, stream kedgev1.No
 		select {
 		case <-stream.Context().Done():
 			return nil
+		case <-s.stopped:
+			return status.Error(codes.Unavailable, "coordinator is stopping; reconnect")
 		case <-sub.ready:
 		}
 		p, seen := sub.take()

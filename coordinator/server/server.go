@@ -79,6 +79,10 @@ type Server struct {
 	clients  map[string]tls.Certificate
 
 	events *eventLog
+	// stopped closes when Run returns, ending long-lived streams so a
+	// graceful stop does not wait on them.
+	stopped  chan struct{}
+	stopOnce sync.Once
 }
 
 type cachedNode struct {
@@ -125,7 +129,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		nodes:   map[string]*cachedNode{}, plans: map[string]*cachedPlan{}, specs: map[string]*kedgev1.ClusterSpec{},
 		subs: map[string]map[*planSub]struct{}{}, pending: map[string]uint32{}, dirty: map[string]bool{},
 		kickCh: make(chan struct{}, 1), etcdCAs: map[string]*pki.CA{}, clients: map[string]tls.Certificate{},
-		events: newEventLog(1000),
+		events: newEventLog(1000), stopped: make(chan struct{}),
 	}
 	if cfg.DataDir != "" {
 		if err := os.MkdirAll(filepath.Join(cfg.DataDir, "artifacts"), 0o700); err != nil {
@@ -195,6 +199,7 @@ func (s *Server) load(ctx context.Context) error {
 
 // Run watches the store and re-derives conditions until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
+	defer s.stopOnce.Do(func() { close(s.stopped) })
 	rev, err := s.store.Revision(ctx)
 	if err != nil {
 		return err

@@ -1,0 +1,294 @@
+package server_test
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/kedge-io/kedge/coordinator/coordtest"
+	"github.com/kedge-io/kedge/coordinator/pki"
+	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
+)
+
+const stackedSpec = `apiVersion: kedge/v1
+kind: Cluster
+metadata:
+  name: edge-1
+spec:
+  topology: stacked
+  etcd:
+    members: 1
+  k3s:
+    servers: 1
+    version: v1.31.4+k3s1
+    binary:
+      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
+      path: /usr/local/bin/k3s
+`
+
+func facts(i int) *kedgev1.MachineFacts {
+	return &kedgev1.MachineFacts{
+		MachineId: fmt.Sprintf("%032x", i+1), Hostname: fmt.Sprintf("nuc%d", i),
+		Macs: []string{fmt.Sprintf("52:54:00:00:%02x:%02x", i/256, i%256)}, Ips: []string{"127.0.0.1"}, Arch: "amd64", Os: "linux",
+	}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func enroll(ctx context.Context, env *coordtest.Env, t *testing.T, token string, f *kedgev1.MachineFacts) (*kedgev1.EnrollResponse, error) {
+	key, _ := pki.GenerateKey()
+	csr, err := pki.CreateCSR(key, "ignored")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env.BootstrapClient(t).Enroll(ctx, &kedgev1.EnrollRequest{Token: token, CsrDer: csr, Facts: f})
+}
+
+func TestConcurrentEnrollmentAndRestart(t *testing.T) {
+	env := coordtest.Start(t)
+	env.Cluster = "edge-1"
+	ctx := testCtx(t)
+	token := env.Token(t, "edge-1")
+
+	const n = 20
+	names := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := enroll(ctx, env, t, token, facts(i))
+			if err != nil {
+				t.Errorf("node %d: %v", i, err)
+				return
+			}
+			cert, err := pki.DecodeCertPEM(resp.CertificatePem)
+			if err != nil || cert.Subject.CommonName != resp.NodeName {
+				t.Errorf("node %d: cert CN %v for %s (%v)", i, cert.Subject.CommonName, resp.NodeName, err)
+			}
+			names[i] = resp.NodeName
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for _, name := range names {
+		if seen[name] {
+			t.Errorf("name %s given twice", name)
+		}
+		seen[name] = true
+	}
+	list, err := env.Admin.ListNodes(ctx, &kedgev1.ListNodesRequest{Cluster: "edge-1"})
+	if err != nil || len(list.Nodes) != n {
+		t.Fatalf("ListNodes: %d nodes, %v; want %d", len(list.GetNodes()), err, n)
+	}
+	for _, node := range list.Nodes {
+		if !seen[node.Name] || node.State != kedgev1.NodeState_NODE_STATE_ENROLLED {
+			t.Errorf("listed %s in state %s", node.Name, node.State)
+		}
+	}
+	toks, _ := env.Admin.ListTokens(ctx, &kedgev1.ListTokensRequest{})
+
+	env.ApplySpec(t, stackedSpec)
+	env.Restart(t)
+	after, err := env.Admin.ListNodes(ctx, &kedgev1.ListNodesRequest{Cluster: "edge-1"})
+	if err != nil || len(after.Nodes) != n {
+		t.Fatalf("after restart: %d nodes, %v", len(after.GetNodes()), err)
+	}
+	toksAfter, _ := env.Admin.ListTokens(ctx, &kedgev1.ListTokensRequest{})
+	if len(toksAfter.GetTokens()) != len(toks.GetTokens()) {
+		t.Errorf("tokens before restart %d, after %d", len(toks.GetTokens()), len(toksAfter.GetTokens()))
+	}
+	if sp, err := env.Admin.GetSpec(ctx, &kedgev1.GetSpecRequest{Cluster: "edge-1"}); err != nil || !strings.Contains(string(sp.SpecYaml), "edge-1") {
+		t.Errorf("spec after restart: %v", err)
+	}
+	// Re-enrollment of a known machine (disk wiped: new key) is the same node.
+	resp, err := enroll(ctx, env, t, token, facts(3))
+	if err != nil || resp.NodeName != names[3] {
+		t.Errorf("re-enrollment: %v, %v; want node %s", resp.GetNodeName(), err, names[3])
+	}
+	if again, _ := env.Admin.ListNodes(ctx, &kedgev1.ListNodesRequest{}); len(again.GetNodes()) != n {
+		t.Errorf("re-enrollment made %d nodes; want %d", len(again.GetNodes()), n)
+	}
+}
+
+func TestRefusedTokens(t *testing.T) {
+	env := coordtest.Start(t)
+	ctx := testCtx(t)
+	if _, err := enroll(ctx, env, t, "abcdef.0123456789abcdef", facts(1)); !refusedWith(err, "unknown token") {
+		t.Errorf("unknown token: %v", err)
+	}
+	single, err := env.Admin.CreateToken(ctx, &kedgev1.CreateTokenRequest{Cluster: "c", Ttl: durationpb.New(time.Hour), MaxUses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enroll(ctx, env, t, single.Token, facts(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enroll(ctx, env, t, single.Token, facts(2)); !refusedWith(err, "token used up") {
+		t.Errorf("used-up token: %v", err)
+	}
+	short, err := env.Admin.CreateToken(ctx, &kedgev1.CreateTokenRequest{Cluster: "c", Ttl: durationpb.New(50 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(short.Info.ExpiresAt.AsTime()) + 10*time.Millisecond) // until the known expiry instant
+	want := "token expired at " + short.Info.ExpiresAt.AsTime().UTC().Format(time.RFC3339)
+	if _, err := enroll(ctx, env, t, short.Token, facts(3)); !refusedWith(err, want) {
+		t.Errorf("expired token: %v; want %q", err, want)
+	}
+	rev, _ := env.Admin.CreateToken(ctx, &kedgev1.CreateTokenRequest{Cluster: "c"})
+	if _, err := env.Admin.RevokeToken(ctx, &kedgev1.RevokeTokenRequest{Id: rev.Info.Id}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enroll(ctx, env, t, rev.Token, facts(4)); !refusedWith(err, "token revoked") {
+		t.Errorf("revoked token: %v", err)
+	}
+	// A machine of cluster c presenting a token for cluster d.
+	other := env.Token(t, "d")
+	if _, err := enroll(ctx, env, t, other, facts(1)); !refusedWith(err, "token is for cluster d, not c") {
+		t.Errorf("wrong cluster: %v", err)
+	}
+	refused, err := env.Admin.ListRefusedEnrollments(ctx, &kedgev1.ListRefusedEnrollmentsRequest{})
+	if err != nil || len(refused.Refused) != 5 {
+		t.Fatalf("ListRefusedEnrollments: %d, %v; want 5", len(refused.GetRefused()), err)
+	}
+	for _, r := range refused.Refused {
+		if strings.Contains(r.Reason, "0123456789abcdef") || r.Address != "127.0.0.1" {
+			t.Errorf("refusal record %v", r)
+		}
+	}
+}
+
+func refusedWith(err error, msg string) bool {
+	return status.Code(err) == codes.PermissionDenied && strings.HasPrefix(status.Convert(err).Message(), msg)
+}
+
+func TestNodeAuthority(t *testing.T) {
+	env := coordtest.Start(t)
+	ctx := testCtx(t)
+	env.ApplySpec(t, stackedSpec)
+	server := env.EnrollNode(t, facts(1))
+	agent := env.EnrollNode(t, facts(2))
+
+	// A node cert on AdminService.
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(agent.TLS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := kedgev1.NewAdminServiceClient(conn).ListNodes(ctx, &kedgev1.ListNodesRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("node calling AdminService: %v; want PermissionDenied", err)
+	}
+	// No cert on NodeService.
+	noCert, _ := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsNoCert(env))))
+	defer noCert.Close()
+	if _, err := kedgev1.NewNodeServiceClient(noCert).ReportStatus(ctx, &kedgev1.ReportStatusRequest{Status: &kedgev1.NodeStatus{}}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("NodeService without cert: %v; want Unauthenticated", err)
+	}
+
+	// Each node sees only its own plan.
+	for _, n := range []*coordtest.NodeIdentity{server, agent} {
+		stream, err := n.Client.WatchPlan(ctx, &kedgev1.WatchPlanRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil || resp.Plan.NodeName != n.Name {
+			t.Errorf("%s got plan of %q (%v)", n.Name, resp.GetPlan().GetNodeName(), err)
+		}
+	}
+
+	// etcd certs only for the etcd node, SANs from the coordinator's records.
+	key, _ := pki.GenerateKey()
+	csr, _ := pki.CreateCSR(key, "evil")
+	signed, err := server.Client.SignCertificates(ctx, &kedgev1.SignCertificatesRequest{Requests: []*kedgev1.CertificateRequest{
+		{Kind: kedgev1.CertificateKind_CERTIFICATE_KIND_ETCD_SERVER, CsrDer: csr},
+		{Kind: kedgev1.CertificateKind_CERTIFICATE_KIND_ETCD_CLIENT, CsrDer: csr},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdCA, err := pki.DecodeCertPEM(signed.CaPem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(etcdCA)
+	srvCert, _ := pki.DecodeCertPEM(signed.Certificates[0].CertificatePem)
+	if _, err := srvCert.Verify(x509.VerifyOptions{Roots: pool, DNSName: "127.0.0.1", KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Errorf("etcd server cert: %v", err)
+	}
+	if srvCert.Subject.CommonName == "evil" {
+		t.Error("etcd server cert took its CN from the CSR")
+	}
+	cli, _ := pki.DecodeCertPEM(signed.Certificates[1].CertificatePem)
+	if cli.Subject.CommonName != pki.DatastoreClientName(server.Name) {
+		t.Errorf("datastore client CN %q", cli.Subject.CommonName)
+	}
+	if _, err := agent.Client.SignCertificates(ctx, &kedgev1.SignCertificatesRequest{Requests: []*kedgev1.CertificateRequest{
+		{Kind: kedgev1.CertificateKind_CERTIFICATE_KIND_ETCD_PEER, CsrDer: csr},
+	}}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("agent asking for an etcd peer cert: %v; want PermissionDenied", err)
+	}
+
+	// A removed node is turned away with the reason.
+	if _, err := env.Admin.RemoveNode(ctx, &kedgev1.RemoveNodeRequest{Name: agent.Name}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = agent.Client.ReportStatus(ctx, &kedgev1.ReportStatusRequest{Status: &kedgev1.NodeStatus{}})
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "node "+agent.Name+" was removed; re-flash it to enroll again") {
+		t.Errorf("removed node: %v", err)
+	}
+}
+
+func TestSharedMachineIDAndApproval(t *testing.T) {
+	env := coordtest.Start(t)
+	ctx := testCtx(t)
+	a, b := facts(1), facts(2)
+	b.MachineId = a.MachineId // cloned image
+	na := env.EnrollNode(t, a)
+	nb := env.EnrollNode(t, b)
+	if na.Name == nb.Name {
+		t.Fatalf("two machines sharing machine-id %s became one node %s", a.MachineId, na.Name)
+	}
+	if len(nb.Warnings) != 1 || !strings.Contains(nb.Warnings[0], "machine-id "+a.MachineId+" is shared with node "+na.Name) {
+		t.Errorf("warnings %q", nb.Warnings)
+	}
+
+	tok, err := env.Admin.CreateToken(ctx, &kedgev1.CreateTokenRequest{Cluster: "default", RequireApproval: true, MaxUses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := pki.GenerateKey()
+	csr, _ := pki.CreateCSR(key, "x")
+	req := &kedgev1.EnrollRequest{Token: tok.Token, CsrDer: csr, Facts: facts(7)}
+	bc := env.BootstrapClient(t)
+	resp, err := bc.Enroll(ctx, req)
+	if err != nil || resp.State != kedgev1.EnrollState_ENROLL_STATE_PENDING_APPROVAL || len(resp.CertificatePem) != 0 {
+		t.Fatalf("approval token: %v, %v; want PENDING without cert", resp.GetState(), err)
+	}
+	// Polling again with the single-use token is not a second use.
+	if resp, err = bc.Enroll(ctx, req); err != nil || resp.State != kedgev1.EnrollState_ENROLL_STATE_PENDING_APPROVAL {
+		t.Fatalf("second poll: %v, %v", resp.GetState(), err)
+	}
+	if _, err := env.Admin.ApproveNode(ctx, &kedgev1.ApproveNodeRequest{Name: resp.NodeName}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err = bc.Enroll(ctx, req); err != nil || resp.State != kedgev1.EnrollState_ENROLL_STATE_ENROLLED || len(resp.CertificatePem) == 0 {
+		t.Fatalf("after approval: %v, %v", resp.GetState(), err)
+	}
+}
