@@ -1,17 +1,20 @@
-//go:build coordtest
-
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/kedge-io/kedge/coordinator/coordtest"
+	"github.com/kedge-io/kedge/coordinator/pki"
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
@@ -36,6 +39,7 @@ spec:
 func TestAgainstRealCoordinator(t *testing.T) {
 	env := coordtest.Start(t)
 	e := newTestEnv(t)
+	e.now = time.Now() // the coordinator's clock is real
 	e.vars["KEDGE_CONFIG"] = env.AdminConfigPath
 
 	tok := mustRun(t, e, "token", "create", "--cluster", "edge-1", "--ttl", "1h", "--uses", "3")
@@ -105,7 +109,28 @@ func TestAgainstRealCoordinator(t *testing.T) {
 	if out := mustRun(t, e, "events", "--cluster", "edge-1"); !strings.Contains(out, node.Name) {
 		t.Errorf("events should mention the enrolled node %s:\n%s", node.Name, out)
 	}
-	if out := mustRun(t, e, "enrollments", "refused"); !strings.HasPrefix(out, "TIME ") {
-		t.Errorf("enrollments refused printed:\n%s", out)
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.CreateCSR(key, "intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = env.BootstrapClient(t).Enroll(context.Background(), &kedgev1.EnrollRequest{
+		Token: "zzzzzz.0000000000000000", CsrDer: csr,
+		Facts: &kedgev1.MachineFacts{Hostname: "intruder", MachineId: "ffff", Macs: []string{"52:54:00:00:00:99"}},
+	})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("enrolling with an unknown token: %v; want PermissionDenied", err)
+	}
+	out = mustRun(t, e, "enrollments", "refused")
+	if !strings.HasPrefix(out, "TIME ") || !strings.Contains(out, "zzzzzz") || !strings.Contains(out, "intruder") || strings.Contains(out, "0000000000000000") {
+		t.Errorf("enrollments refused should list the unknown token's id and hostname, never its secret:\n%s", out)
+	}
+	if testing.Verbose() {
+		for _, args := range [][]string{{"token", "list"}, {"nodes"}, {"status"}, {"node", "get", node.Name}, {"events"}, {"enrollments", "refused"}} {
+			t.Logf("kedgectl %s\n%s", strings.Join(args, " "), mustRun(t, e, args...))
+		}
 	}
 }
