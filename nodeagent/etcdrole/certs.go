@@ -38,6 +38,10 @@ type certSpec struct {
 // lifetime; otherwise it generates keys on the node and asks the coordinator to
 // sign. It reports whether any file changed. A plan without the etcd role is a no-op.
 //
+// It also keeps the datastore-client cert (as EnsureDatastoreClientCert
+// does): the agent probes its member with it on every etcd node, including
+// dedicated ones without K3s.
+//
 // With no coordinator (client nil or unreachable) and usable files present it
 // returns (false, nil): renewal waits for the coordinator, etcd keeps running.
 func EnsureCerts(ctx context.Context, root string, plan *kedgev1.Plan, client kedgev1.NodeServiceClient) (bool, error) {
@@ -67,8 +71,19 @@ func ensureCerts(ctx context.Context, root string, plan *kedgev1.Plan, client ke
 			certPath: paths.In(root, paths.EtcdPeerCert), keyPath: paths.In(root, paths.EtcdPeerKey),
 			cn: ep.GetMemberName(), wantCN: ep.GetMemberName(), wantIPs: ips, eku: x509.ExtKeyUsageServerAuth,
 		},
+		// Every etcd node also needs the datastore-client cert, K3s or not:
+		// Probe reads the local member with it.
+		datastoreClientSpec(root, plan),
 	}
 	return ensure(ctx, root, specs, client, now)
+}
+
+func datastoreClientSpec(root string, plan *kedgev1.Plan) certSpec {
+	return certSpec{
+		kind: kedgev1.CertificateKind_CERTIFICATE_KIND_ETCD_CLIENT, label: "etcd datastore-client cert",
+		certPath: paths.In(root, paths.DatastoreClientCert), keyPath: paths.In(root, paths.DatastoreClientKey),
+		cn: "kedge-datastore-" + plan.GetNodeName(), eku: x509.ExtKeyUsageClientAuth,
+	}
 }
 
 // EnsureDatastoreClientCert does the same for the datastore-client cert a K3s
@@ -85,12 +100,7 @@ func ensureDatastoreClientCert(ctx context.Context, root string, plan *kedgev1.P
 	if len(plan.GetK3S().GetDatastoreEndpoints()) == 0 && !(hasRole(plan, kedgev1.Role_ROLE_ETCD) && plan.GetEtcd() != nil) {
 		return false, nil
 	}
-	specs := []certSpec{{
-		kind: kedgev1.CertificateKind_CERTIFICATE_KIND_ETCD_CLIENT, label: "etcd datastore-client cert",
-		certPath: paths.In(root, paths.DatastoreClientCert), keyPath: paths.In(root, paths.DatastoreClientKey),
-		cn: "kedge-datastore-" + plan.GetNodeName(), eku: x509.ExtKeyUsageClientAuth,
-	}}
-	return ensure(ctx, root, specs, client, now)
+	return ensure(ctx, root, []certSpec{datastoreClientSpec(root, plan)}, client, now)
 }
 
 func memberIPs(ep *kedgev1.EtcdPlan) ([]net.IP, error) {

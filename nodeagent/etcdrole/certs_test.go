@@ -53,7 +53,7 @@ func TestEnsureCertsLifecycle(t *testing.T) {
 	if err != nil || !changed {
 		t.Fatalf("first EnsureCerts = %v, %v; want changed", changed, err)
 	}
-	for _, p := range []string{paths.EtcdServerKey, paths.EtcdPeerKey} {
+	for _, p := range []string{paths.EtcdServerKey, paths.EtcdPeerKey, paths.DatastoreClientKey} {
 		fi, err := os.Stat(paths.In(root, p))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v mode %v, want 0600", p, err, fi.Mode())

@@ -184,10 +184,6 @@ func (c *Cluster) newMember(name string) *Member {
 	if _, err := etcdrole.EnsureCerts(context.Background(), root, m.Plan, signer); err != nil {
 		c.t.Fatalf("certs for %s: %v", name, err)
 	}
-	// An etcd node keeps a datastore-client cert too: its agent probes with it.
-	if _, err := etcdrole.EnsureDatastoreClientCert(context.Background(), root, m.Plan, signer); err != nil {
-		c.t.Fatalf("datastore client cert for %s: %v", name, err)
-	}
 	return m
 }
 
