@@ -26,8 +26,14 @@ const (
 	removeTimeout = 10 * time.Second
 )
 
-// ErrQuorum is wrapped by Remove's refusal to break quorum.
+// ErrQuorum matches (errors.Is) Remove's refusal to break quorum.
 var ErrQuorum = errors.New("would lose quorum")
+
+// quorumError is the refusal itself; its message is complete on its own.
+type quorumError struct{ msg string }
+
+func (e *quorumError) Error() string        { return e.msg }
+func (e *quorumError) Is(target error) bool { return target == ErrQuorum }
 
 // Client talks to one cluster's etcd members.
 type Client struct {
@@ -246,8 +252,8 @@ func (c *Client) Remove(ctx context.Context, memberName string, force bool) erro
 		}
 		quorum := voters/2 + 1
 		if healthy < quorum {
-			return fmt.Errorf("removing %s would leave %d of %d members healthy and lose quorum (needs %d); use --force to remove anyway (the cluster stops accepting writes until quorum is restored): %w",
-				memberName, healthy, voters, quorum, ErrQuorum)
+			return &quorumError{fmt.Sprintf("removing %s would leave %d of %d members healthy and lose quorum (needs %d); use --force to remove anyway (the cluster stops accepting writes until quorum is restored)",
+				memberName, healthy, voters, quorum)}
 		}
 	}
 	rctx, cancel := context.WithTimeout(ctx, removeTimeout)
