@@ -17,10 +17,11 @@
 // "existing" and the coordinator's member list; everyone else is an initial
 // member with state "new".
 //
-// Release. An etcd member's plan, and a K3s server's on an external
-// datastore, is held back (Plan.waiting, no etcd or k3s section) until every
-// initial etcd member has enrolled, so no member starts with a partial
-// initial cluster and no server points at missing endpoints.
+// Release. An etcd member's plan, a K3s server's on an external datastore
+// and an agent's are held back (Plan.waiting, no etcd or k3s section) until
+// every initial etcd member has enrolled, so no member starts with a partial
+// initial cluster, no server points at missing endpoints and no agent is sent
+// to a server that cannot start yet.
 //
 // Agents' server. With spec.k3s.registrationAddress, agents join through it.
 // Otherwise each agent picks among the K3s servers the coordinator does not
@@ -165,6 +166,13 @@ func Compute(in Input) Output {
 		case m.has(kedgev1.Role_ROLE_K3S_SERVER):
 			p.K3S = serverPlan(in, m, servers, endpoints)
 		case m.has(kedgev1.Role_ROLE_K3S_AGENT):
+			if waiting != "" {
+				// No server can run before etcd is complete; waiting
+				// until then also means an agent's choice of server is
+				// made with every stacked server known.
+				p.Waiting = waiting
+				break
+			}
 			if len(servers) == 0 {
 				p.Waiting = "waiting for a K3s server to enroll"
 				break

@@ -217,12 +217,11 @@ func TestGolden(t *testing.T) {
 			}
 		}},
 		{"external-etcd-never-arrives", func(t *testing.T) Input {
-			// db3 is pinned but never enrolls: members and servers wait,
-			// agents are planned.
+			// db3 is pinned but never enrolls: members, servers and agents wait.
 			return Input{Spec: mustSpec(t, "external", externalPins), Secrets: secrets,
 				Nodes: renamed(nodes(6), map[int]string{1: "db1", 2: "db2"})}
 		}, func(t *testing.T, out Output) {
-			for _, name := range []string{"db1", "db2", "nuc3", "nuc4"} {
+			for _, name := range []string{"db1", "db2", "nuc3", "nuc4", "nuc5", "nuc6"} {
 				if got := out.Plans[name].Waiting; got != "waiting for 1 of 3 etcd members to enroll" {
 					t.Errorf("%s waiting %q", name, got)
 				}
@@ -402,7 +401,7 @@ func TestAgentsMoveOnlyWhenTheirServerIsUnhealthy(t *testing.T) {
 }
 
 func TestAgentWaitsWithoutServers(t *testing.T) {
-	s := mustSpec(t, "external", `  inventory:
+	s := mustSpec(t, "embedded", `  inventory:
     - {name: a, match: {hostname: localhost-1}, roles: [agent]}
 `)
 	out := Compute(Input{Spec: s, Secrets: secrets, Nodes: []*kedgev1.Node{node(1)}})
