@@ -136,13 +136,13 @@ func Parse(fileName string, data []byte) (*kedgev1.ClusterSpec, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s: empty; a kedge/v1 Cluster document needs apiVersion, kind, metadata and spec", fileName)
 		}
-		return nil, fmt.Errorf("%s: not valid YAML (%v); fix the syntax", fileName, err)
+		return nil, fmt.Errorf("%s: %s; fix the YAML syntax", fileName, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
 		return nil, fmt.Errorf("%s: line %d: a second YAML document follows the Cluster; a file holds exactly one, put others in their own files", fileName, extra.Line)
 	} else if !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: not valid YAML after the first document (%v); a file holds exactly one Cluster", fileName, err)
+		return nil, fmt.Errorf("%s: %s after the Cluster document; a file holds exactly one Cluster, fix or remove what follows", fileName, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	s := p.document(&doc)
 	if len(p.errs) > 0 {
