@@ -244,8 +244,8 @@ func assign(s *kedgev1.ClusterSpec, ms []*member) {
 		if m.pin != nil && len(m.pin.Roles) > 0 {
 			m.roles = slices.Clone(m.pin.Roles)
 			enrolledPins[m.pin.Name] = true
-		} else if len(m.node.Roles) > 0 {
-			m.roles = slices.Clone(m.node.Roles)
+		} else if roles := validSticky(s.Topology, m.node.Roles); len(roles) > 0 {
+			m.roles = roles
 		} else {
 			continue
 		}
@@ -300,6 +300,20 @@ func assign(s *kedgev1.ClusterSpec, ms []*member) {
 			m.roles = []kedgev1.Role{kedgev1.Role_ROLE_K3S_AGENT}
 		}
 	}
+}
+
+// validSticky returns the stored roles the topology still allows; after a
+// topology change a node whose roles no longer fit is assigned afresh.
+func validSticky(t kedgev1.Topology, roles []kedgev1.Role) []kedgev1.Role {
+	etcd := slices.Contains(roles, kedgev1.Role_ROLE_ETCD)
+	server := slices.Contains(roles, kedgev1.Role_ROLE_K3S_SERVER)
+	switch {
+	case t == kedgev1.Topology_TOPOLOGY_EMBEDDED && etcd,
+		t == kedgev1.Topology_TOPOLOGY_STACKED && etcd != server,
+		t == kedgev1.Topology_TOPOLOGY_EXTERNAL && etcd && server:
+		return nil
+	}
+	return slices.Clone(roles)
 }
 
 func initialCluster(etcds []*member) []*kedgev1.EtcdMember {

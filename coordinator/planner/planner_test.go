@@ -453,3 +453,13 @@ func TestEtcdJoinerGetsExistingStateAndLeavesMembersAlone(t *testing.T) {
 		t.Errorf("datastore endpoints %v, want every member's", got)
 	}
 }
+
+func TestStickyRolesThatNoLongerFitTheTopologyAreReassigned(t *testing.T) {
+	es := []kedgev1.Role{kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER}
+	ns := []*kedgev1.Node{node(1, es...), node(2, es...), node(3, es...), node(4, kedgev1.Role_ROLE_K3S_AGENT)}
+	out := Compute(Input{Spec: mustSpec(t, "embedded", ""), Secrets: secrets, Nodes: ns})
+	for _, name := range []string{"nuc1", "nuc2", "nuc3"} {
+		wantRoles(t, out, name, kedgev1.Role_ROLE_K3S_SERVER)
+	}
+	wantRoles(t, out, "nuc4", kedgev1.Role_ROLE_K3S_AGENT)
+}
