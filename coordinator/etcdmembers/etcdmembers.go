@@ -262,9 +262,9 @@ func (c *Client) Remove(ctx context.Context, memberName string, force bool) erro
 		if errors.Is(err, rpctypes.ErrMemberNotFound) || sameErr(err, rpctypes.ErrGRPCMemberNotFound) {
 			return nil
 		}
-		if sameErr(err, rpctypes.ErrGRPCMemberNotEnoughStarted) {
+		if sameErr(err, rpctypes.ErrGRPCMemberNotEnoughStarted) || sameErr(err, rpctypes.ErrGRPCUnhealthy) {
 			// etcd's own strict reconfig check; --force does not override it.
-			return fmt.Errorf("remove etcd member %s: etcd refused: too few of the other members are connected to its leader to remove a voter safely; bring members back first: %w", memberName, err)
+			return fmt.Errorf("remove etcd member %s: etcd refused: too few of the other members have been connected to the leader for the last 5 s to remove a voter safely; bring members back (or wait a few seconds after a restart) and retry: %w", memberName, err)
 		}
 		return fmt.Errorf("remove etcd member %s: %w", memberName, err)
 	}

@@ -100,6 +100,11 @@ func TestRemoveRefusedWhenItWouldLoseQuorum(t *testing.T) {
 	if all, _ := names(t, ctx, c); len(all) != 3 {
 		t.Fatalf("refused remove changed membership: %v", all)
 	}
+	// --force skips kedge's check, but etcd's own reconfig check still
+	// refuses to remove a connected voter it cannot spare; say so plainly.
+	if err := c.Remove(ctx, "etcd-1", true); err == nil || !strings.Contains(err.Error(), "etcd refused") {
+		t.Fatalf("forced remove with quorum at stake: %v; want etcd's own refusal", err)
+	}
 
 	// Removing the member that is down leaves two healthy of two: allowed.
 	if err := c.Remove(ctx, "etcd-2", false); err != nil {

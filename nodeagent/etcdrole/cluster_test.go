@@ -169,6 +169,9 @@ func TestThreeMemberCluster(t *testing.T) {
 		if err := c.Stop(2); err != nil {
 			t.Fatalf("stop etcd-2: %v", err)
 		}
+		if st := etcdrole.Probe(ctx, c.Members[2].Root, c.Members[2].Plan); st.Healthy || st.Error == "" {
+			t.Errorf("probe of a stopped member: healthy=%v error=%q", st.Healthy, st.Error)
+		}
 		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := c.Client(c.Endpoints[0], c.Endpoints[1]).Put(wctx, "/kedge/while-down", "written")
 		wcancel()
