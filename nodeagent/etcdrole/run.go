@@ -27,6 +27,10 @@ func Run(ctx context.Context, configPath string) error {
 		return fmt.Errorf("etcd logger: %w", err)
 	}
 	defer func() { _ = lg.Sync() }()
+	// Tell systemd the stop it asked for is under way (etcd hands over
+	// leadership first, which can take a moment).
+	stopping := context.AfterFunc(ctx, func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyStopping) })
+	defer stopping()
 	return RunMember(ctx, cfg, lg, func() {
 		// (false, nil) outside systemd is normal: nothing to tell.
 		if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
