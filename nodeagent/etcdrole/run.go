@@ -50,8 +50,8 @@ func RunMember(ctx context.Context, cfg *Config, lg *zap.Logger, ready func()) e
 	if err != nil {
 		return err
 	}
-	// etcd refuses to run on a data dir others can read; create it 0700 and
-	// tighten it if an earlier run or an image left it looser.
+	// The data dir holds every key K3s stores (secrets included): 0700,
+	// tightened if an earlier run or an image left it looser.
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create etcd data dir: %w", err)
 	}
