@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"strings"
 	"time"
@@ -39,6 +40,11 @@ func validateFacts(f *kedgev1.MachineFacts) error {
 	}
 	if len(f.Macs) > maxFactList || len(f.Ips) > maxFactList || len(f.Labels) > maxFactList {
 		return status.Errorf(codes.InvalidArgument, "facts lists more than %d MACs, IPs or labels", maxFactList)
+	}
+	for _, m := range f.Macs {
+		if _, err := net.ParseMAC(m); err != nil {
+			return status.Errorf(codes.InvalidArgument, "facts.macs: %q is not a MAC address (want e.g. 52:54:00:12:34:56)", m)
+		}
 	}
 	for _, v := range append(append([]string{f.MachineId, f.DmiProductSerial, f.DmiProductUuid, f.Hostname, f.Arch, f.Os}, f.Macs...), f.Ips...) {
 		if len(v) > maxFactBytes {
