@@ -104,6 +104,10 @@ type Agent struct {
 	client      kedgev1.NodeServiceClient
 	identity    *enroll.Identity
 	kubeconfig  [32]byte // hash of the last kubeconfig uploaded
+	// endSession ends the current coordinator session, e.g. when a report
+	// learns the identity was rejected while the watch stream still looks fine.
+	endSession context.CancelFunc
+	rejected   error
 }
 
 // New builds an agent.
@@ -345,10 +349,19 @@ func (a *Agent) sessions(ctx context.Context, id *enroll.Identity) {
 		}
 		client := kedgev1.NewNodeServiceClient(conn)
 		sessCtx, cancel := context.WithCancel(ctx)
+		a.mu.Lock()
+		a.endSession = cancel
+		a.mu.Unlock()
 		renewed := make(chan *enroll.Identity, 1)
 		go a.renewWhenDue(sessCtx, cancel, client, id, renewed)
 
 		got, err := a.watch(sessCtx, client, addr)
+		a.mu.Lock()
+		if a.rejected != nil {
+			// A report was rejected while the stream still looked fine.
+			err, a.rejected = a.rejected, nil
+		}
+		a.mu.Unlock()
 		cancel()
 		a.setClient(nil)
 		conn.Close()
@@ -554,6 +567,15 @@ func (a *Agent) reportOnce(ctx context.Context) {
 	defer cancel()
 	if _, err := client.ReportStatus(callCtx, &kedgev1.ReportStatusRequest{Status: st}); err != nil {
 		a.limited.Warn("report", "status report failed; the next one carries the latest status", "err", errText(err))
+		if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied {
+			a.mu.Lock()
+			end := a.endSession
+			a.rejected = err
+			a.mu.Unlock()
+			if end != nil {
+				end()
+			}
+		}
 		return
 	}
 	a.status(func(s *statusfile.Status) { s.LastContact = time.Now().UTC().Truncate(time.Second) })

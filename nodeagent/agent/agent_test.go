@@ -98,11 +98,13 @@ type node struct {
 	done    chan error
 }
 
-func newNode(t *testing.T, env *coordtest.Env) *node {
+func newNode(t *testing.T, env *coordtest.Env) *node { return newNodeIn(t, env, "edge-1") }
+
+func newNodeIn(t *testing.T, env *coordtest.Env, cluster string) *node {
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "etc/kedge"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc/machine-id"), []byte("6c3f1a0e9b2d4c5e8f7a6b5c4d3e2f1a\n"), 0o644)
-	os.WriteFile(paths.In(root, paths.BootstrapToken), []byte(env.Token(t, "edge-1")+"\n"), 0o600)
+	os.WriteFile(paths.In(root, paths.BootstrapToken), []byte(env.Token(t, cluster)+"\n"), 0o600)
 	return &node{t: t, root: root, cfg: &config.Config{
 		Coordinators: []string{env.Addr}, CAPin: env.CAPin, TokenFile: paths.BootstrapToken, HeartbeatInterval: time.Second,
 	}}
@@ -274,4 +276,34 @@ func TestAgentAgainstARealCoordinator(t *testing.T) {
 		t.Fatalf("offline apply did not restore the k3s config: %q", n.read(paths.K3sConfig))
 	}
 	n.await("the outage recorded", func(s *statusfile.Status) bool { return strings.Contains(s.LastError, "plan watch on "+env.Addr) })
+}
+
+func TestWrongPinAndRemovedNodeAreRecorded(t *testing.T) {
+	env := coordtest.Start(t)
+	serveChain(t, env)
+
+	wrong := newNodeIn(t, env, "default")
+	wrong.cfg.CAPin = "sha256:" + strings.Repeat("ab", 32)
+	wrong.start()
+	wrong.await("the pin refusal", func(s *statusfile.Status) bool {
+		return s.Enrollment == statusfile.Refused && strings.Contains(s.LastError, "coordinator CA does not match the pin "+wrong.cfg.CAPin)
+	})
+	wrong.halt()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if list, err := env.Admin.ListNodes(ctx, &kedgev1.ListNodesRequest{}); err != nil || len(list.Nodes) != 0 {
+		t.Fatalf("a node with the wrong pin got enrolled: %v %v", list, err)
+	}
+
+	n := newNodeIn(t, env, "default")
+	n.start()
+	s := n.await("enrollment", func(s *statusfile.Status) bool {
+		return s.Enrollment == statusfile.Enrolled && !s.LastContact.IsZero() && s.NodeName != ""
+	})
+	if _, err := env.Admin.RemoveNode(ctx, &kedgev1.RemoveNodeRequest{Name: s.NodeName}); err != nil {
+		t.Fatal(err)
+	}
+	n.await("the removal", func(s *statusfile.Status) bool {
+		return s.Enrollment == statusfile.Removed && strings.Contains(s.LastError, "node "+s.NodeName+" was removed")
+	})
 }
