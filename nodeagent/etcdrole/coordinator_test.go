@@ -156,6 +156,12 @@ func TestMembersWithCertsFromARealCoordinator(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	for _, m := range members {
+		fi, err := os.Stat(paths.In(m.root, paths.EtcdDataDir))
+		if err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("data dir of %s: %v, mode %v; want 0700", m.plan.Etcd.MemberName, err, fi.Mode())
+		}
+	}
 	// A put through one member is read through another, each client with its
 	// own node's datastore-client cert.
 	cli0 := clientFor(t, members[0].root, members[0].plan.Etcd.ClientUrls)
