@@ -1,6 +1,12 @@
 // Package etcdrole runs a node's etcd member: the certificates it needs, the
 // config and unit it is started from, the embedded etcd itself, and the
 // member's health as the node reports it.
+//
+// Both etcd ports demand a client cert from the cluster's etcd CA. Keys are
+// made on the node; the coordinator signs. etcd re-reads its server and peer
+// cert/key files on every new TLS handshake, so a renewal (at two thirds of
+// a cert's lifetime) takes effect without restarting the member; only a new
+// CA needs a restart, because etcd reads the CA file once at start.
 package etcdrole
 
 import (
