@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"os"
@@ -96,6 +98,9 @@ type node struct {
 	systemd *sysd.Fake
 	stop    context.CancelFunc
 	done    chan error
+	// realRoles uses etcdrole and k3srole instead of the test renderers.
+	realRoles bool
+	agent     *Agent
 }
 
 func newNode(t *testing.T, env *coordtest.Env) *node { return newNodeIn(t, env, "edge-1") }
@@ -122,10 +127,13 @@ func (n *node) start() {
 		K3s: func(context.Context) *kedgev1.K3SStatus { return &kedgev1.K3SStatus{Ready: true} },
 	}
 	log := slog.New(slog.NewTextHandler(testLog{n.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	go func() {
-		n.done <- Run(ctx, Options{Root: n.root, Config: n.cfg, Systemd: n.systemd, Log: log, Roles: testRoles(), Probes: probes,
-			RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond, RejectedMin: time.Second, RejectedMax: 2 * time.Second})
-	}()
+	roles := testRoles()
+	if n.realRoles {
+		roles = nil
+	}
+	n.agent = New(Options{Root: n.root, Config: n.cfg, Systemd: n.systemd, Log: log, Roles: roles, Probes: probes,
+		RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond, RejectedMin: time.Second, RejectedMax: 2 * time.Second})
+	go func() { n.done <- n.agent.Run(ctx) }()
 	n.t.Cleanup(n.halt)
 }
 
@@ -306,4 +314,51 @@ func TestWrongPinAndRemovedNodeAreRecorded(t *testing.T) {
 	n.await("the removal", func(s *statusfile.Status) bool {
 		return s.Enrollment == statusfile.Removed && strings.Contains(s.LastError, "node "+s.NodeName+" was removed")
 	})
+}
+
+// With the real role packages: certificates signed by the coordinator, the
+// pre-staged K3s binary checked and installed, etcd.yaml, config.yaml and the
+// units rendered from the plan; a re-apply changes nothing.
+func TestRealRolesApplyAStackedPlan(t *testing.T) {
+	env := coordtest.Start(t)
+	serveChain(t, env)
+	staged := []byte("#!/bin/sh\necho fake k3s\n")
+	sum := sha256.Sum256(staged)
+	env.ApplySpec(t, strings.NewReplacer(
+		"0000000000000000000000000000000000000000000000000000000000000000", hex.EncodeToString(sum[:]),
+		"path: /usr/local/bin/k3s", "path: /opt/k3s/k3s").Replace(spec("traefik")))
+	n := newNode(t, env)
+	os.MkdirAll(paths.In(n.root, "/opt/k3s"), 0o755)
+	os.WriteFile(paths.In(n.root, "/opt/k3s/k3s"), staged, 0o755)
+	n.realRoles = true
+	n.start()
+	n.await("the plan applied with the real roles", func(s *statusfile.Status) bool {
+		return s.PlanHash != "" && s.ApplyError == "" && !s.LastApplied.IsZero()
+	})
+	for p, mode := range map[string]os.FileMode{
+		paths.EtcdConfig: 0, paths.EtcdServerKey: 0o600, paths.EtcdPeerKey: 0o600, paths.DatastoreClientKey: 0o600,
+		paths.K3sConfig: 0, paths.K3sBinary: 0, "/etc/systemd/system/kedge-etcd.service": 0, "/etc/systemd/system/k3s.service": 0,
+	} {
+		st, err := os.Stat(paths.In(n.root, p))
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			continue
+		}
+		if mode != 0 && st.Mode().Perm() != mode {
+			t.Errorf("%s: mode %v, want %v", p, st.Mode().Perm(), mode)
+		}
+	}
+	if !strings.Contains(n.read(paths.K3sConfig), "datastore-endpoint") {
+		t.Errorf("k3s config.yaml lacks the datastore endpoint:\n%s", n.read(paths.K3sConfig))
+	}
+	for _, u := range []string{paths.EtcdUnit, paths.K3sServerUnit} {
+		if st, _ := n.systemd.State(context.Background(), u); !st.Running() || !st.Enabled() {
+			t.Errorf("%s: %+v", u, st)
+		}
+	}
+	n.systemd.Calls()
+	n.agent.applyOnce(context.Background())
+	if calls := n.systemd.Calls(); len(calls) != 0 {
+		t.Errorf("re-applying the same plan called systemd: %v", calls)
+	}
 }
