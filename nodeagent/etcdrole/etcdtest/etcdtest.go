@@ -1,8 +1,10 @@
 // Package etcdtest starts real etcd clusters in one test process: n embedded
 // members on free loopback ports with mutual TLS on both ports, each run by
 // etcdrole.RunMember from a real etcd.yaml, with certs obtained through
-// etcdrole.EnsureCerts from a real CA. Other packages' integration tests use
-// it as their datastore.
+// etcdrole.EnsureCerts from a real CA built and signing with the
+// coordinator's own pki code and leaf profiles (no coordinator process: the
+// path through a real coordinator is tested in etcdrole's coordtest test).
+// Other packages' integration tests use it as their datastore.
 package etcdtest
 
 import (
@@ -74,12 +76,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		c.Endpoints = append(c.Endpoints, m.ClientURL)
 	}
 	c.writeClientCert()
-	for i := range c.Members {
-		c.launch(i)
-	}
-	for i := range c.Members {
-		c.waitReady(i)
-	}
+	// Registered first so members stop even if the start fails half way.
 	t.Cleanup(func() {
 		for i := range c.Members {
 			if err := c.Stop(i); err != nil {
@@ -87,6 +84,12 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			}
 		}
 	})
+	for i := range c.Members {
+		c.launch(i)
+	}
+	for i := range c.Members {
+		c.waitReady(i)
+	}
 	return c
 }
 
