@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/kedge-io/kedge/internal/version"
 	"github.com/kedge-io/kedge/nodeagent/agent"
@@ -103,20 +101,7 @@ func run(args []string) error {
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
-		s, err := statusfile.Read(*root)
-		if err != nil {
-			return err
-		}
-		switch *output {
-		case "json":
-			enc := json.NewEncoder(os.Stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(s)
-		case "text":
-			return statusfile.Print(os.Stdout, s, time.Now())
-		default:
-			return fmt.Errorf("-o %q: want text or json", *output)
-		}
+		return statusfile.Show(os.Stdout, *root, *output)
 	case "version":
 		fmt.Println(version.Version)
 		return nil

@@ -69,9 +69,17 @@ func K3sUnit(plan *kedgev1.Plan) string {
 // unreachable (applying the cached plan at boot): steps that need it are
 // skipped when their files already exist. Errors are *StepError.
 func (a *PlanApplier) ApplyPlan(ctx context.Context, plan *kedgev1.Plan, client kedgev1.NodeServiceClient) (Result, error) {
-	if err := a.hostname(ctx, plan); err != nil {
-		return Result{}, &StepError{Step: StepHostname, Err: err}
+	// A hostname that cannot be set must not keep etcd and K3s down (K3s
+	// gets its node name from its config): apply the rest, then report it.
+	hostErr := a.hostname(ctx, plan)
+	res, err := a.applyRoles(ctx, plan, client)
+	if err == nil && hostErr != nil {
+		return res, &StepError{Step: StepHostname, Err: hostErr}
 	}
+	return res, err
+}
+
+func (a *PlanApplier) applyRoles(ctx context.Context, plan *kedgev1.Plan, client kedgev1.NodeServiceClient) (Result, error) {
 	var restarts []string
 	k3sUnit := K3sUnit(plan)
 

@@ -228,3 +228,23 @@ func TestApplyPlanNamesTheFailingStep(t *testing.T) {
 		t.Fatalf("etcd unit %+v", st)
 	}
 }
+
+func TestHostnameFailureDoesNotHoldBackTheRoles(t *testing.T) {
+	r, fake := newReconciler(t)
+	fake.HostnameErr = errors.New("access denied")
+	ok := func(context.Context, string, *kedgev1.Plan, kedgev1.NodeServiceClient) (bool, error) {
+		return false, nil
+	}
+	a := &PlanApplier{Reconciler: *r, Roles: Roles{
+		EnsureEtcdCerts: ok, EnsureDatastoreClientCert: ok,
+		EtcdDesired: func(*kedgev1.Plan) (desired.State, error) { return state("name: nuc-1\n", "", false), nil },
+		K3sDesired:  func(*kedgev1.Plan) (desired.State, error) { return desired.State{}, nil },
+	}}
+	_, err := a.ApplyPlan(context.Background(), &kedgev1.Plan{Hostname: "nuc-1", Etcd: &kedgev1.EtcdPlan{}}, kedgev1.NewNodeServiceClient(nil))
+	if step, _ := AsStepError(err); step != StepHostname || !strings.Contains(err.Error(), "access denied") {
+		t.Fatalf("error %v, want the hostname step", err)
+	}
+	if st, _ := fake.State(context.Background(), paths.EtcdUnit); !st.Running() {
+		t.Fatal("etcd was not started because the hostname could not be set")
+	}
+}

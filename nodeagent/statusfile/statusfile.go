@@ -188,3 +188,20 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// Show is `kedge-nodeagent status`: the status file under root, as text or json.
+func Show(w io.Writer, root, format string) error {
+	if format != "text" && format != "json" {
+		return fmt.Errorf("-o %q: want text or json", format)
+	}
+	s, err := Read(root)
+	if err != nil {
+		return err
+	}
+	if format == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(s)
+	}
+	return Print(w, s, time.Now())
+}

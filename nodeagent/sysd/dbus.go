@@ -132,16 +132,26 @@ func (d *DBus) Stop(ctx context.Context, unit string) error {
 
 // Enable implements Conn.
 func (d *DBus) Enable(ctx context.Context, units ...string) error {
-	if _, _, err := d.conn.EnableUnitFilesContext(ctx, units, false, true); err != nil {
+	_, changes, err := d.conn.EnableUnitFilesContext(ctx, units, false, true)
+	if err != nil {
 		return fmt.Errorf("enable %v: %w", units, err)
+	}
+	if len(changes) > 0 {
+		// As systemctl enable does: make systemd see the new links (and the
+		// unit's UnitFileState) now, not at the next reload.
+		return d.Reload(ctx)
 	}
 	return nil
 }
 
 // Disable implements Conn.
 func (d *DBus) Disable(ctx context.Context, units ...string) error {
-	if _, err := d.conn.DisableUnitFilesContext(ctx, units, false); err != nil {
+	changes, err := d.conn.DisableUnitFilesContext(ctx, units, false)
+	if err != nil {
 		return fmt.Errorf("disable %v: %w", units, err)
+	}
+	if len(changes) > 0 {
+		return d.Reload(ctx)
 	}
 	return nil
 }
@@ -193,10 +203,10 @@ func (d *DBus) SetStaticHostname(ctx context.Context, name string) error {
 	if err := obj.CallWithContext(ctx, hostnamed+".SetStaticHostname", 0, name, false).Err; err != nil {
 		return fmt.Errorf("set static hostname %q through systemd-hostnamed: %w", name, err)
 	}
-	// The static name is what survives reboots; K3s reads the transient
-	// (kernel) one, which hostnamed updates along with it.
+	// The static name survives reboots; processes read the kernel
+	// (transient) name, so set it too rather than wait for a reboot.
 	if err := obj.CallWithContext(ctx, hostnamed+".SetHostname", 0, name, false).Err; err != nil {
-		return fmt.Errorf("set hostname %q through systemd-hostnamed: %w", name, err)
+		return fmt.Errorf("set transient hostname %q through systemd-hostnamed: %w", name, err)
 	}
 	return nil
 }

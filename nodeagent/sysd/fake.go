@@ -16,7 +16,9 @@ type Fake struct {
 	hostname string
 	// FailStart makes Start and Restart of the named unit fail with job result "failed".
 	FailStart map[string]bool
-	changes   chan string
+	// HostnameErr, when set, is what SetStaticHostname returns.
+	HostnameErr error
+	changes     chan string
 }
 
 // NewFake returns an empty fake systemd.
@@ -149,6 +151,9 @@ func (f *Fake) SetStaticHostname(ctx context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("hostname", name)
+	if f.HostnameErr != nil {
+		return f.HostnameErr
+	}
 	f.hostname = name
 	return nil
 }
