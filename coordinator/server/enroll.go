@@ -153,7 +153,20 @@ func (s *Server) enrollOnce(ctx context.Context, req *kedgev1.EnrollRequest, add
 	var existingRev int64
 	var sharedWith []string
 	s.mu.RLock()
-	for _, cn := range s.nodes {
+	candidates := map[string]struct{}{}
+	for _, m := range normMACs(facts.Macs) {
+		for name := range s.byMAC[m] {
+			candidates[name] = struct{}{}
+		}
+	}
+	for name := range s.byMachineID[facts.MachineId] {
+		candidates[name] = struct{}{}
+	}
+	for name := range candidates {
+		cn := s.nodes[name]
+		if cn == nil {
+			continue
+		}
 		n := cn.node
 		if sameMachine(n.Facts, facts) {
 			if existing == nil || n.State != kedgev1.NodeState_NODE_STATE_REMOVED {

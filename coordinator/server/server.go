@@ -63,20 +63,24 @@ type Server struct {
 	now     func() time.Time
 
 	// mu guards the cache below and the subscriber sets.
-	mu       sync.RWMutex
-	nodes    map[string]*cachedNode
-	plans    map[string]*cachedPlan
-	specs    map[string]*kedgev1.ClusterSpec
-	subs     map[string]map[*planSub]struct{}
-	started  time.Time
-	pending  map[string]uint32 // unlimited tokens' uses not yet written
-	dirty    map[string]bool   // clusters to re-plan
-	kickCh   chan struct{}
-	planMu   sync.Mutex // serialises re-planning in this process
-	etcdCAMu sync.Mutex
-	etcdCAs  map[string]*pki.CA
-	clientMu sync.Mutex
-	clients  map[string]tls.Certificate
+	mu    sync.RWMutex
+	nodes map[string]*cachedNode
+	// Indexes for recognising machines at enrollment without a scan:
+	// normalised MAC -> node names, machine-id -> node names.
+	byMAC       map[string]map[string]struct{}
+	byMachineID map[string]map[string]struct{}
+	plans       map[string]*cachedPlan
+	specs       map[string]*kedgev1.ClusterSpec
+	subs        map[string]map[*planSub]struct{}
+	started     time.Time
+	pending     map[string]uint32 // unlimited tokens' uses not yet written
+	dirty       map[string]bool   // clusters to re-plan
+	kickCh      chan struct{}
+	planMu      sync.Mutex // serialises re-planning in this process
+	etcdCAMu    sync.Mutex
+	etcdCAs     map[string]*pki.CA
+	clientMu    sync.Mutex
+	clients     map[string]tls.Certificate
 
 	events *eventLog
 	// stopped closes when Run returns, ending long-lived streams so a
@@ -188,8 +192,10 @@ func (s *Server) load(ctx context.Context) error {
 	for i, sp := range specs {
 		s.specs[strings.TrimPrefix(spe[i].Key, store.Specs)] = sp
 	}
+	s.byMAC, s.byMachineID = map[string]map[string]struct{}{}, map[string]map[string]struct{}{}
 	for _, n := range s.nodes {
 		s.dirty[n.node.Cluster] = true
+		s.indexLocked(nil, n.node)
 	}
 	for c := range s.specs {
 		s.dirty[c] = true
@@ -309,6 +315,7 @@ func (s *Server) putNodeLocked(n *kedgev1.Node, modRevision, createRevision int6
 	} else if cn.node != nil {
 		n.EnrollSequence = cn.node.EnrollSequence
 	}
+	s.indexLocked(cn.node, n)
 	cn.node, cn.modRevision = n, modRevision
 	s.dirty[n.Cluster] = true
 	select {
@@ -405,4 +412,40 @@ func (s *Server) kick() {
 	case s.kickCh <- struct{}{}:
 	default:
 	}
+}
+
+// indexLocked moves a node's index entries from old to cur. Caller holds s.mu.
+func (s *Server) indexLocked(old, cur *kedgev1.Node) {
+	update := func(idx map[string]map[string]struct{}, keys []string, name string, add bool) {
+		for _, k := range keys {
+			if k == "" {
+				continue
+			}
+			if add {
+				if idx[k] == nil {
+					idx[k] = map[string]struct{}{}
+				}
+				idx[k][name] = struct{}{}
+			} else if idx[k] != nil {
+				delete(idx[k], name)
+				if len(idx[k]) == 0 {
+					delete(idx, k)
+				}
+			}
+		}
+	}
+	if old != nil {
+		update(s.byMAC, normMACs(old.Facts.GetMacs()), old.Name, false)
+		update(s.byMachineID, []string{old.Facts.GetMachineId()}, old.Name, false)
+	}
+	update(s.byMAC, normMACs(cur.Facts.GetMacs()), cur.Name, true)
+	update(s.byMachineID, []string{cur.Facts.GetMachineId()}, cur.Name, true)
+}
+
+func normMACs(macs []string) []string {
+	out := make([]string, len(macs))
+	for i, m := range macs {
+		out[i] = normMAC(m)
+	}
+	return out
 }
