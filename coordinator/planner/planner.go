@@ -13,9 +13,12 @@
 // first of them by order with cluster-init). Everyone else is an agent.
 // Nodes pending approval get nothing.
 //
-// Joining. Members listed in Input.EtcdJoins join a running etcd with state
-// "existing" and the coordinator's member list; everyone else is an initial
-// member with state "new".
+// Joining. Once etcd has been released (a stored plan in Input.Previous
+// carries an etcd section), a member keeps the initial cluster it was
+// released with, and nothing waits for missing members any more. A node that
+// becomes an etcd member after that waits (WaitingForJoin) until the
+// coordinator has added it and lists it in Input.EtcdJoins; it is then
+// planned with state "existing" and the coordinator's member list.
 //
 // Release. An etcd member's plan, a K3s server's on an external datastore
 // and an agent's are held back (Plan.waiting, no etcd or k3s section) until
@@ -72,7 +75,23 @@ type Input struct {
 	// "existing" and that list; all others are initial members ("new").
 	// A nil map means a cluster still at its initial membership.
 	EtcdJoins map[string][]*kedgev1.EtcdMember
+	// Previous are the plans stored now, by node name. With them a released
+	// etcd member keeps its initial cluster (etcd reads it only once, and a
+	// changed plan would restart every member at once when one is removed),
+	// and a cluster whose etcd was released never holds plans back again.
+	// Without them the planner falls back to the nodes' reports: etcd has
+	// been released once any member has reported a member ID.
+	Previous map[string]*kedgev1.Plan
 }
+
+// WaitingForJoin is the waiting message of an etcd member that is new to a
+// running etcd: the coordinator adds it (etcdmembers.AddLearner) and plans
+// again with its JoinCluster list in Input.EtcdJoins.
+const WaitingForJoin = "waiting to be added to the running etcd cluster"
+
+// NeedsJoin reports whether p is held until the coordinator adds its node
+// to the running etcd.
+func NeedsJoin(p *kedgev1.Plan) bool { return p.GetWaiting() == WaitingForJoin }
 
 // Output is the plans and the role assignments to persist on the node records.
 type Output struct {
@@ -122,8 +141,11 @@ func Compute(in Input) Output {
 			wantEtcd = len(etcds)
 		}
 	}
+	// Only the first bootstrap waits for every member: once etcd runs, a
+	// missing member (removed, or late to be replaced) holds nothing back.
+	released := etcdReleased(in, etcds)
 	waiting := ""
-	if missing := wantEtcd - len(etcds); missing > 0 {
+	if missing := wantEtcd - len(etcds); missing > 0 && !released {
 		waiting = fmt.Sprintf("waiting for %d of %d etcd members to enroll", missing, wantEtcd)
 	}
 	// Joiners stay out of the initial members' list, so a join does not
@@ -156,10 +178,23 @@ func Compute(in Input) Output {
 			continue
 		}
 		if m.has(kedgev1.Role_ROLE_ETCD) {
+			prev := in.Previous[m.node.Name].GetEtcd()
+			joinList, joins := in.EtcdJoins[m.node.Name]
+			if prev == nil && !joins && in.Previous != nil && released {
+				// New to a running etcd: "new" with the current members
+				// would fail to join; the coordinator adds it first.
+				p.Waiting = WaitingForJoin
+				p.Hash = Hash(p)
+				continue
+			}
 			p.Etcd = etcdPlan(in, m, initial)
-			if joinList, joins := in.EtcdJoins[m.node.Name]; joins {
+			switch {
+			case joins:
 				p.Etcd.InitialCluster = sortedMembers(joinList)
 				p.Etcd.InitialClusterState = "existing"
+			case prev != nil:
+				p.Etcd.InitialCluster = sortedMembers(prev.InitialCluster)
+				p.Etcd.InitialClusterState = prev.InitialClusterState
 			}
 		}
 		switch {
@@ -300,6 +335,26 @@ func assign(s *kedgev1.ClusterSpec, ms []*member) {
 			m.roles = []kedgev1.Role{kedgev1.Role_ROLE_K3S_AGENT}
 		}
 	}
+}
+
+// etcdReleased reports whether the cluster's etcd has been released: a
+// stored plan carries an etcd section, or (without stored plans) a member
+// has reported its member ID.
+func etcdReleased(in Input, etcds []*member) bool {
+	if in.Previous != nil {
+		for _, m := range etcds {
+			if in.Previous[m.node.Name].GetEtcd() != nil {
+				return true
+			}
+		}
+		return false
+	}
+	for _, m := range etcds {
+		if m.node.GetStatus().GetEtcd().GetMemberId() != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // validSticky returns the stored roles the topology still allows; after a

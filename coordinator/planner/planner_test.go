@@ -463,3 +463,71 @@ func TestStickyRolesThatNoLongerFitTheTopologyAreReassigned(t *testing.T) {
 	}
 	wantRoles(t, out, "nuc4", kedgev1.Role_ROLE_K3S_AGENT)
 }
+
+func TestRemovingAMemberAfterReleaseHoldsNothingBack(t *testing.T) {
+	s := mustSpec(t, "stacked", "")
+	first := Compute(Input{Spec: s, Secrets: secrets, Nodes: nodes(5)})
+	for name, p := range first.Plans {
+		if p.Waiting != "" {
+			t.Fatalf("%s waiting in a complete cluster: %q", name, p.Waiting)
+		}
+	}
+	stored := func() []*kedgev1.Node {
+		ns := nodes(5)
+		for _, n := range ns {
+			n.Roles = first.Roles[n.Name]
+		}
+		return ns
+	}
+	// nuc2 is removed; nuc6 enrolls to replace it.
+	ns := stored()
+	ns[1].State = kedgev1.NodeState_NODE_STATE_REMOVED
+	ns = append(ns, node(6))
+	out := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns, Previous: first.Plans})
+	for _, name := range []string{"nuc1", "nuc3"} {
+		p := out.Plans[name]
+		if p.Waiting != "" || !proto.Equal(p.Etcd, first.Plans[name].Etcd) {
+			t.Errorf("%s: a running member's etcd plan changed or was held back: waiting %q", name, p.Waiting)
+		}
+	}
+	for _, name := range []string{"nuc4", "nuc5"} {
+		if p := out.Plans[name]; p.Waiting != "" || p.K3S == nil {
+			t.Errorf("%s: agent held back after a member was removed: %q", name, p.Waiting)
+		}
+	}
+	wantRoles(t, out, "nuc6", kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER)
+	if p := out.Plans["nuc6"]; !NeedsJoin(p) || p.Etcd != nil || p.K3S != nil {
+		t.Errorf("replacement member: waiting %q, want %q and no sections", p.Waiting, WaitingForJoin)
+	}
+
+	// The coordinator adds nuc6 and plans again with its member list.
+	join := []*kedgev1.EtcdMember{
+		{Name: "nuc1", PeerUrls: []string{"https://10.0.0.11:2380"}},
+		{Name: "nuc3", PeerUrls: []string{"https://10.0.0.13:2380"}},
+		{Name: "nuc6", PeerUrls: []string{"https://10.0.0.16:2380"}},
+	}
+	prev := map[string]*kedgev1.Plan{}
+	for name, p := range out.Plans {
+		prev[name] = p
+	}
+	out = Compute(Input{Spec: s, Secrets: secrets, Nodes: ns, Previous: prev, EtcdJoins: map[string][]*kedgev1.EtcdMember{"nuc6": join}})
+	if p := out.Plans["nuc6"]; p.Waiting != "" || p.Etcd.GetInitialClusterState() != "existing" || len(p.Etcd.GetInitialCluster()) != 3 {
+		t.Errorf("joined member plan: waiting %q etcd %v", p.Waiting, p.Etcd)
+	}
+	if !proto.Equal(out.Plans["nuc1"].Etcd, first.Plans["nuc1"].Etcd) {
+		t.Error("the join changed a running member's etcd plan")
+	}
+
+	// Without stored plans, members' reports tell that etcd was released.
+	ns = stored()
+	for _, n := range ns[:3] {
+		n.Status = &kedgev1.NodeStatus{Etcd: &kedgev1.EtcdMemberStatus{MemberId: 7, Healthy: true}}
+	}
+	ns[1].State = kedgev1.NodeState_NODE_STATE_REMOVED
+	out = Compute(Input{Spec: s, Secrets: secrets, Nodes: ns})
+	for name, p := range out.Plans {
+		if p.Waiting != "" {
+			t.Errorf("%s: held back after a removal, with members reporting: %q", name, p.Waiting)
+		}
+	}
+}
