@@ -301,7 +301,9 @@ func Cluster(spec *kedgev1.ClusterSpec, nodes []*kedgev1.Node, plans map[string]
 	}
 
 	switch {
-	case hasEtcd && len(etcdNodes) > 0 && etcdComplete && etcdSettled && !cs.Etcd.HasQuorum:
+	case hasEtcd && len(etcdNodes) > 0 && etcdSettled && !cs.Etcd.HasQuorum:
+		// Settled members have released plans, so this is never the first
+		// bootstrap; a member missing since (removed) does not excuse it.
 		cs.Phase = kedgev1.ClusterPhase_CLUSTER_PHASE_DOWN
 		cs.Reason = fmt.Sprintf("etcd has no quorum: %d of %d members healthy%s", cs.Etcd.Healthy, cs.Etcd.Total, firstTrouble(troubled))
 	case len(serverNodes) > 0 && serversComplete && serversSettled && cs.ServersActive == 0:

@@ -301,3 +301,15 @@ func TestClusterEmbeddedHasNoKedgeEtcd(t *testing.T) {
 		t.Errorf("embedded cluster reports kedge etcd %v", cs.Etcd)
 	}
 }
+
+func TestClusterDownAfterARemovalAndAFailure(t *testing.T) {
+	l := newLab(t, 5)
+	for _, n := range l.nodes {
+		l.up(n.Name, n.Name == "nuc1")
+	}
+	wantPhase(t, l.status(), kedgev1.ClusterPhase_CLUSTER_PHASE_HEALTHY, "etcd 3/3 healthy (leader nuc1), K3s servers 3/3 active, agents 2/2 active")
+	l.node("nuc2").State = kedgev1.NodeState_NODE_STATE_REMOVED
+	wantPhase(t, l.status(), kedgev1.ClusterPhase_CLUSTER_PHASE_PROVISIONING, "waiting for 1 of 3 etcd members to enroll")
+	l.node("nuc3").Status.Etcd = &kedgev1.EtcdMemberStatus{Error: "no leader"}
+	wantPhase(t, l.status(), kedgev1.ClusterPhase_CLUSTER_PHASE_DOWN, "etcd has no quorum: 1 of 3 members healthy; node nuc3 degraded: etcd member unhealthy: no leader")
+}
