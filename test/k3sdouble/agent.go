@@ -1,6 +1,7 @@
 package k3sdouble
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -34,7 +35,7 @@ func runAgent(ctx context.Context, args []string, opts Options) error {
 		return errors.New("--token or --token-file is required for an agent")
 	}
 	caHash, password := splitToken(token)
-	a := &agent{server: serverURL, caHash: caHash, password: password, name: cfg.nodeName(), ips: cfg.list("node-ip")}
+	a := &agent{server: serverURL, caHash: caHash, user: "node", password: password, name: cfg.nodeName(), ips: cfg.list("node-ip")}
 
 	retry := time.NewTicker(2 * time.Second)
 	defer retry.Stop()
@@ -78,6 +79,7 @@ func runAgent(ctx context.Context, args []string, opts Options) error {
 type agent struct {
 	server   string
 	caHash   string // from a K10 secure token; empty for a short token
+	user     string // basic-auth user: "node" for agents, "server" for joining servers
 	password string
 	name     string
 	ips      []string
@@ -139,16 +141,23 @@ func (a *agent) trust(ctx context.Context) error {
 }
 
 func (a *agent) register(ctx context.Context) error {
+	_, err := a.call(ctx, "/v1-k3s/register", nil)
+	return err
+}
+
+// call POSTs body to path on the server with the token, verifying the server
+// against the CA fetched by trust; a 401 is errRefused.
+func (a *agent) call(ctx context.Context, path string, body []byte) ([]byte, error) {
 	if a.client == nil {
 		if err := a.trust(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.server+"/v1-k3s/register", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.server+path, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	req.SetBasicAuth("node", a.password)
+	req.SetBasicAuth(a.user, a.password)
 	req.Header.Set("K3s-Node-Name", a.name)
 	req.Header.Set("K3s-Node-IP", strings.Join(a.ips, ","))
 	resp, err := a.client.Do(req)
@@ -157,16 +166,19 @@ func (a *agent) register(ctx context.Context) error {
 		if errors.As(err, &unknownCA) {
 			a.client = nil // the server's CA changed; fetch it again next time
 		}
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, err
+	}
 	switch resp.StatusCode {
 	case http.StatusOK:
-		return nil
+		return answer, nil
 	case http.StatusUnauthorized:
-		return fmt.Errorf("server %s %w", a.server, errRefused)
+		return nil, fmt.Errorf("server %s %w", a.server, errRefused)
 	default:
-		return fmt.Errorf("server %s answered %s", a.server, resp.Status)
+		return nil, fmt.Errorf("server %s answered %s", a.server, resp.Status)
 	}
 }

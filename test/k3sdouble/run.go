@@ -6,6 +6,7 @@
 //   - `k3s server` and `k3s agent` read /etc/rancher/k3s/config.yaml (or
 //     --config / K3S_CONFIG_FILE) and the same keys as flags; unknown keys
 //     are refused by name.
+//
 //   - A server connects to datastore-endpoint with datastore-cafile,
 //     -certfile and -keyfile through the real etcd v3 client, so wrong certs
 //     fail as they do for K3s; it keeps its cluster CA in
@@ -14,19 +15,28 @@
 //     /registry/minions/NAME, serves /ping, /cacerts, agent registration and a
 //     tiny pods API over TLS on 6443, writes /etc/rancher/k3s/k3s.yaml and
 //     then notifies systemd READY.
+//
 //   - An agent fetches the server's CA from /cacerts (verified against the
 //     hash in a K10 secure token; trusted on first use with a short token, as
 //     K3s does), registers with its token (server or agent token; anything
 //     else is refused with 401), notifies READY and re-checks every few seconds.
+//
 //   - `kubectl run NAME --image IMAGE` (as `kubectl` or `k3s kubectl`) creates
 //     /registry/pods/default/NAME through the server, authenticated by the
 //     client cert in k3s.yaml; `kubectl get nodes` lists the minions.
+//
 //   - A server renews /registry/leases/kube-node-lease/NAME every few seconds
 //     and exits when the datastore has been unreachable for 25 s, as the K3s
 //     server holding controller leadership did; systemd restarts it.
 //
-// Not covered: K3s's embedded etcd (cluster-init, or server: without a
-// datastore) is refused with a clear error; no kubelet, no containers.
+//   - Embedded topology: `cluster-init` starts a real etcd member inside the
+//     server (client on 127.0.0.1:2379, peer on the node IP's 2380, data in
+//     DATA_DIR/server/db/etcd; ports through etcd-arg listen-client-urls= /
+//     listen-peer-urls=); a server with `server:` and no datastore asks that
+//     server, with the server token, to add it as a member and joins. Unlike
+//     K3s the peer port is plain HTTP.
+//
+// Not covered: no kubelet, no containers, no SQLite, no real API server.
 package k3sdouble
 
 import (

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -33,11 +34,13 @@ const DefaultKubeconfig = "/etc/rancher/k3s/k3s.yaml"
 const k8sPrefix = "k8s\x00"
 
 type server struct {
+	ctx        context.Context // the server's lifetime, for background work
 	log        *slog.Logger
 	etcd       *clientv3.Client
 	ca         *clusterCA
 	token      string
 	agentToken string
+	embedded   *embeddedEtcd // nil with an external datastore
 }
 
 func runServer(ctx context.Context, args []string, opts Options) error {
@@ -45,11 +48,9 @@ func runServer(ctx context.Context, args []string, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if cfg.str("datastore-endpoint") == "" {
-		if cfg.boolean("cluster-init") || cfg.str("server") != "" {
-			return errors.New("k3s TEST DOUBLE does not cover K3s's embedded etcd (cluster-init / server without datastore-endpoint): use an external datastore-endpoint")
-		}
-		return errors.New("--datastore-endpoint is required: the k3s TEST DOUBLE has no SQLite datastore")
+	embedded := cfg.str("datastore-endpoint") == "" && (cfg.boolean("cluster-init") || cfg.str("server") != "")
+	if cfg.str("datastore-endpoint") == "" && !embedded {
+		return errors.New("--datastore-endpoint, --cluster-init or --server is required: the k3s TEST DOUBLE has no SQLite datastore")
 	}
 	token, err := cfg.secret("token")
 	if err != nil {
@@ -62,12 +63,19 @@ func runServer(ctx context.Context, args []string, opts Options) error {
 	if err != nil {
 		return err
 	}
-	cli, err := connectDatastore(ctx, cfg, opts.DatastoreTimeout)
-	if err != nil {
-		return err
+	s := &server{ctx: ctx, log: opts.Log, token: token, agentToken: agentToken}
+	if embedded {
+		if s.embedded, err = startEmbeddedEtcd(ctx, cfg, token, opts.Log); err != nil {
+			return err
+		}
+		defer s.embedded.Close()
+		s.etcd = s.embedded.client
+	} else {
+		if s.etcd, err = connectDatastore(ctx, cfg, opts.DatastoreTimeout); err != nil {
+			return err
+		}
+		defer s.etcd.Close()
 	}
-	defer cli.Close()
-	s := &server{log: opts.Log, etcd: cli, token: token, agentToken: agentToken}
 	if s.ca, err = s.bootstrap(ctx, opts.DatastoreTimeout); err != nil {
 		return err
 	}
@@ -177,6 +185,11 @@ func connectDatastore(ctx context.Context, cfg Config, timeout time.Duration) (*
 			return nil, err
 		}
 	}
+	// The etcd client retries a refused handshake until its deadline and then
+	// says only "deadline exceeded"; one bare handshake fails fast and says why.
+	if err := checkDatastoreTLS(ctx, endpoints[0], tlsCfg); err != nil {
+		return nil, fmt.Errorf("datastore %s: %w", endpoints[0], err)
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		TLS:         tlsCfg,
@@ -190,10 +203,6 @@ func connectDatastore(ctx context.Context, cfg Config, timeout time.Duration) (*
 	defer cancel()
 	if _, err := cli.Get(rtCtx, "/registry/health-check", clientv3.WithKeysOnly()); err != nil {
 		cli.Close()
-		// The gRPC error is usually only "deadline exceeded"; a bare handshake says why.
-		if why := diagnoseTLS(endpoints[0], tlsCfg); why != nil {
-			err = why
-		}
 		return nil, fmt.Errorf("datastore %s: %w", cfg.str("datastore-endpoint"), err)
 	}
 	return cli, nil
@@ -223,21 +232,32 @@ func datastoreTLS(cfg Config) (*tls.Config, error) {
 	return tlsCfg, nil
 }
 
-// diagnoseTLS handshakes with one endpoint and waits briefly for the
-// server's verdict on our client cert (TLS 1.3 sends it after the handshake).
-func diagnoseTLS(endpoint string, tlsCfg *tls.Config) error {
+// checkDatastoreTLS handshakes with one endpoint and waits briefly for the
+// server's verdict on our client cert (TLS 1.3 sends it after the
+// handshake). Only a TLS failure is an error: an endpoint not up yet is the
+// etcd client's to retry.
+func checkDatastoreTLS(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
 	if tlsCfg == nil {
 		return nil
 	}
-	host := strings.TrimPrefix(endpoint, "https://")
-	cfg := tlsCfg.Clone()
-	cfg.NextProtos = []string{"h2"}
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", host, cfg)
+	u, err := url.Parse(endpoint)
 	if err != nil {
 		return err
 	}
+	raw, err := (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return nil
+	}
+	cfg := tlsCfg.Clone()
+	cfg.NextProtos = []string{"h2"}
+	cfg.ServerName = u.Hostname()
+	conn := tls.Client(raw, cfg)
 	defer conn.Close()
-	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	if _, err := conn.Read(make([]byte, 1)); err != nil {
 		var netErr net.Error
 		if errors.As(err, &netErr) && netErr.Timeout() {
@@ -326,6 +346,7 @@ func (s *server) routes() http.Handler {
 		w.Write(s.ca.CertPEM)
 	})
 	mux.HandleFunc("POST /v1-k3s/register", s.register)
+	mux.HandleFunc("POST /v1-k3s/etcd/join", s.joinEtcd)
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/pods", s.createPod)
 	mux.HandleFunc("GET /api/v1/nodes", s.listNodes)
 	return mux
@@ -334,11 +355,13 @@ func (s *server) routes() http.Handler {
 // tokenAccepted checks a presented token against the server token and the
 // agent token, each a separate secret, in constant time.
 func (s *server) tokenAccepted(presented string) bool {
-	ok := subtle.ConstantTimeCompare([]byte(presented), []byte(s.token)) == 1
-	if s.agentToken != "" && subtle.ConstantTimeCompare([]byte(presented), []byte(s.agentToken)) == 1 {
-		ok = true
-	}
-	return ok
+	server := constantEqual(presented, s.token)
+	agent := s.agentToken != "" && constantEqual(presented, s.agentToken)
+	return server || agent
+}
+
+func constantEqual(a, b string) bool {
+	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
 }
 
 func (s *server) register(w http.ResponseWriter, r *http.Request) {
