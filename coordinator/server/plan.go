@@ -125,6 +125,7 @@ func (s *Server) replan(ctx context.Context, cluster string, override *kedgev1.C
 	out := planner.Compute(planner.Input{Spec: sp, Secrets: secrets, Nodes: nodes})
 
 	var changes []*kedgev1.PlanChange
+	var batch []pendingWrite
 	names := make([]string, 0, len(out.Plans))
 	for name := range out.Plans {
 		names = append(names, name)
@@ -149,18 +150,15 @@ func (s *Server) replan(ctx context.Context, cluster string, override *kedgev1.C
 		}
 		stored := proto.Clone(p).(*kedgev1.Plan)
 		stored.Revision = 0
-		rev, err := s.store.Commit(ctx, store.Write{Key: store.Plans + name, Value: stored, IfModRevision: oldRev})
-		if errors.Is(err, store.ErrConflict) {
-			// Another coordinator wrote it; its write reaches us by the watch.
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		s.putPlan(stored, rev)
-		if p.Waiting == "" {
-			s.event(kedgev1.EventType_EVENT_TYPE_PLAN_RELEASED, cluster, name, fmt.Sprintf("plan for %s released (revision %d)", name, rev))
-		}
+		batch = append(batch, pendingWrite{
+			w: store.Write{Key: store.Plans + name, Value: stored, IfModRevision: oldRev},
+			done: func(rev int64) {
+				s.putPlan(stored, rev)
+				if stored.Waiting == "" {
+					s.event(kedgev1.EventType_EVENT_TYPE_PLAN_RELEASED, cluster, stored.NodeName, fmt.Sprintf("plan for %s released (revision %d)", stored.NodeName, rev))
+				}
+			},
+		})
 	}
 	if dryRun {
 		return changes, nil
@@ -171,11 +169,65 @@ func (s *Server) replan(ctx context.Context, cluster string, override *kedgev1.C
 			continue
 		}
 		n.Roles = roles
-		if err := s.writeNode(ctx, n, rev); err != nil && !errors.Is(err, store.ErrConflict) {
-			return changes, err
+		clearDerived(n)
+		batch = append(batch, pendingWrite{
+			w: store.Write{Key: store.Nodes + name, Value: n, IfModRevision: rev},
+			done: func(rev int64) {
+				s.mu.Lock()
+				s.putNodeLocked(n, rev, 0)
+				s.mu.Unlock()
+			},
+		})
+	}
+	return changes, s.commitBatch(ctx, batch)
+}
+
+// pendingWrite is one guarded write of a re-plan and what to do once stored.
+type pendingWrite struct {
+	w    store.Write
+	done func(rev int64)
+}
+
+// maxTxnOps stays under etcd's default --max-txn-ops (128).
+const maxTxnOps = 100
+
+// commitBatch writes a re-plan's changes in as few transactions as etcd
+// allows: one transaction per plan would make a fleet-wide change take
+// thousands of sequential round trips (and fsyncs) before the last node
+// hears of it. A chunk that conflicts (another coordinator wrote one of its
+// keys) is retried write by write, skipping the conflicting ones: their
+// newer values arrive through the watch and the next re-plan reconciles.
+func (s *Server) commitBatch(ctx context.Context, batch []pendingWrite) error {
+	for len(batch) > 0 {
+		n := min(len(batch), maxTxnOps)
+		chunk := batch[:n]
+		batch = batch[n:]
+		writes := make([]store.Write, len(chunk))
+		for i, p := range chunk {
+			writes[i] = p.w
+		}
+		rev, err := s.store.Commit(ctx, writes...)
+		if err == nil {
+			for _, p := range chunk {
+				p.done(rev)
+			}
+			continue
+		}
+		if !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+		for _, p := range chunk {
+			rev, err := s.store.Commit(ctx, p.w)
+			if errors.Is(err, store.ErrConflict) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			p.done(rev)
 		}
 	}
-	return changes, nil
+	return nil
 }
 
 func randomHex(n int) string {
