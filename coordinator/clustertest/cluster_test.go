@@ -246,6 +246,30 @@ func TestStackedClusterFromRandomEnrollmentToHealthy(t *testing.T) {
 	if cs := clusterStatus(t, env); !cs.Etcd.GetHasQuorum() || cs.Etcd.GetHealthy() != 2 {
 		t.Errorf("one member down: quorum %v", cs.Etcd)
 	}
+	report(t, nodes["nuc2"], true, false)
+	wantPhase(t, env, nodes, kedgev1.ClusterPhase_CLUSTER_PHASE_HEALTHY, "")
+
+	// The server nuc4 joins through fails: nuc4's plan moves to another.
+	agent := nodes["nuc4"]
+	agent.plan = currentPlan(t, agent.id)
+	was := agent.plan.K3S.ServerUrl
+	failing := map[string]string{"https://10.77.0.11:6443": "nuc1", "https://10.77.0.12:6443": "nuc2", "https://10.77.0.13:6443": "nuc3"}[was]
+	srv := nodes[failing]
+	srv.reporting = false // it reports the failure below, and nothing else
+	st := &kedgev1.NodeStatus{PlanHash: srv.plan.Hash, Units: []*kedgev1.UnitStatus{
+		{Name: "kedge-etcd.service", ActiveState: "active", SubState: "running"},
+		{Name: "k3s.service", ActiveState: "failed", SubState: "failed", Result: "exit-code"},
+	}, Etcd: &kedgev1.EtcdMemberStatus{Healthy: true, MemberId: 1}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := srv.id.Client.ReportStatus(ctx, &kedgev1.ReportStatusRequest{Status: st}); err != nil {
+		t.Fatal(err)
+	}
+	wantPhase(t, env, nodes, kedgev1.ClusterPhase_CLUSTER_PHASE_DEGRADED, "unit k3s.service failed (Result=exit-code)")
+	eventually(t, "nuc4 to move off "+failing, func() (bool, string) {
+		now := currentPlan(t, agent.id).K3S.GetServerUrl()
+		return now != was && slices.Contains(serverURLs, now), now
+	})
 }
 
 func TestExternalUnpinnedRolesFollowEnrollmentOrder(t *testing.T) {
