@@ -24,9 +24,12 @@ var k3sLinks = []string{"kubectl", "crictl", "ctr"}
 // names: pre-staged path, the coordinator's artifact store, a URL. It reports
 // whether the binary changed. A plan without K3s is a no-op.
 func EnsureBinary(ctx context.Context, root string, plan *kedgev1.Plan, client kedgev1.NodeServiceClient, httpClient *http.Client) (bool, error) {
-	bin := plan.GetK3S().GetBinary()
-	if plan.GetK3S() == nil || bin == nil {
+	if plan.GetK3S() == nil {
 		return false, nil
+	}
+	bin := plan.GetK3S().GetBinary()
+	if bin == nil {
+		return false, fmt.Errorf("plan.k3s.binary is empty: the cluster spec's k3s.binary names the binary's sha256 and where to get it")
 	}
 	want := strings.ToLower(bin.GetSha256())
 	if len(want) != sha256.Size*2 {

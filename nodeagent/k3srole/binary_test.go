@@ -204,6 +204,9 @@ func TestEnsureBinaryNeedsAHash(t *testing.T) {
 	if _, err := EnsureBinary(context.Background(), t.TempDir(), plan, nil, nil); err == nil || !strings.Contains(err.Error(), "sha256") {
 		t.Errorf("plan without a hash: %v, want an error naming sha256", err)
 	}
+	if _, err := EnsureBinary(context.Background(), t.TempDir(), binaryPlan(nil), nil, nil); err == nil || !strings.Contains(err.Error(), "plan.k3s.binary") {
+		t.Errorf("K3s plan without a binary: %v, want an error naming plan.k3s.binary", err)
+	}
 	if changed, err := EnsureBinary(context.Background(), t.TempDir(), &kedgev1.Plan{}, nil, nil); err != nil || changed {
 		t.Errorf("plan without k3s: %v %v, want a no-op", changed, err)
 	}
