@@ -89,3 +89,33 @@ func TestKedgeRenderedConfigRunsTheDouble(t *testing.T) {
 		t.Errorf("probe: %s", st.GetError())
 	}
 }
+
+// TestKedgeRenderedEmbeddedConfigRunsTheDouble does the same for the
+// embedded topology: cluster-init on the first server, server: on the next.
+func TestKedgeRenderedEmbeddedConfigRunsTheDouble(t *testing.T) {
+	roots := []string{t.TempDir(), t.TempDir()}
+	var firstURL string
+	for i, name := range []string{"srv1", "srv2"} {
+		plan := &kedgev1.K3SPlan{Role: kedgev1.Role_ROLE_K3S_SERVER, Token: serverToken, AgentToken: agentToken,
+			NodeIp: "127.0.0.1", NodeName: name, ClusterInit: i == 0, ServerUrl: firstURL}
+		state, err := k3srole.Desired(&kedgev1.Plan{K3S: plan})
+		if err != nil {
+			t.Fatal(err)
+		}
+		install(t, roots[i], state)
+		p := start(t, []string{"k3s", "server", "--config", paths.In(roots[i], paths.K3sConfig),
+			"--data-dir", paths.In(roots[i], "/var/lib/rancher/k3s"),
+			"--bind-address", "127.0.0.1", "--https-listen-port", "0", "--write-kubeconfig", paths.In(roots[i], paths.K3sKubeconfig),
+			"--etcd-arg", "listen-client-urls=http://" + freeAddr(t), "--etcd-arg", "listen-peer-urls=http://" + freeAddr(t)}, nil)
+		p.awaitReady(t)
+		if i == 0 {
+			kubeconfig, _ := os.ReadFile(paths.In(roots[0], paths.K3sKubeconfig))
+			firstURL = string(serverURLLine.FindSubmatch(kubeconfig)[1])
+		}
+	}
+	kc1, _ := os.ReadFile(paths.In(roots[0], paths.K3sKubeconfig))
+	kc2, _ := os.ReadFile(paths.In(roots[1], paths.K3sKubeconfig))
+	if caData(kc1) != caData(kc2) {
+		t.Error("the server kedge configured to join did not end in the first server's cluster")
+	}
+}
