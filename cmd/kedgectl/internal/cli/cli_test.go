@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -147,6 +148,9 @@ func TestTokenCreatePrintsOnlyTheToken(t *testing.T) {
 		"rc=$?; rm -f /etc/kedge/bootstrap-token.new; exit $rc)\n"
 	if out != want {
 		t.Errorf("--print-flash-command:\n got %s\nwant %s", out, want)
+	}
+	if msg, err := exec.Command("sh", "-n", "-c", out).CombinedOutput(); err != nil {
+		t.Errorf("the flash command is not valid shell: %v %s", err, msg)
 	}
 	_, installer, _ := strings.Cut(out, "kedge-nodeagent install")
 	if strings.Contains(installer, "0123456789abcdef") {
