@@ -134,3 +134,37 @@ func TestAgainstRealCoordinator(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusWaitAcrossCoordinatorRestart: `status --wait` outlives a
+// coordinator that is down when the wait starts and comes back on the same
+// address, as after an upgrade.
+func TestStatusWaitAcrossCoordinatorRestart(t *testing.T) {
+	env := coordtest.Start(t)
+	env.ApplySpec(t, validSpec)
+	e := newTestEnv(t)
+	e.vars["KEDGE_CONFIG"] = env.AdminConfigPath
+	env.Stop(t)
+
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Run(context.Background(), []string{"status", "edge-1", "--wait", "Provisioning", "--timeout", "60s"}, e.env(&out, &errOut))
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(errOut.String(), "coordinator unavailable") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 'coordinator unavailable' progress within 20s; stderr %q", errOut.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	env.Restart(t)
+	select {
+	case code := <-done:
+		t.Logf("stderr:\n%s", errOut.String())
+		if code != ExitOK || !strings.Contains(out.String(), "Phase:    Provisioning") {
+			t.Errorf("after the restart: exit %d, stdout %q, stderr %q", code, out.String(), errOut.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("status --wait did not see the coordinator back within 30s; stderr %q", errOut.String())
+	}
+}
