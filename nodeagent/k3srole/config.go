@@ -3,6 +3,7 @@ package k3srole
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
@@ -157,9 +158,33 @@ func passthroughEntries(k *kedgev1.K3SPlan) ([]configEntry, error) {
 	slices.Sort(keys)
 	entries := make([]configEntry, 0, len(keys))
 	for _, key := range keys {
-		entries = append(entries, configEntry{key, fields[key].AsInterface()})
+		entries = append(entries, configEntry{key, integral(fields[key].AsInterface())})
 	}
 	return entries, nil
+}
+
+// integral turns whole numbers back into integers: protobuf's Struct holds
+// every number as a float64, which YAML would print as 1e+06 for a million.
+func integral(v any) any {
+	switch x := v.(type) {
+	case float64:
+		if x == math.Trunc(x) && math.Abs(x) < 1<<53 {
+			return int64(x)
+		}
+	case []any:
+		out := make([]any, len(x))
+		for i := range x {
+			out[i] = integral(x[i])
+		}
+		return out
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = integral(e)
+		}
+		return out
+	}
+	return v
 }
 
 // renderConfig writes the entries as one YAML mapping in the given order;

@@ -21,9 +21,11 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden from the curr
 func extraConfig(t *testing.T) *structpb.Struct {
 	t.Helper()
 	s, err := structpb.NewStruct(map[string]any{
-		"disable":               []any{"traefik", "servicelb"},
-		"write-kubeconfig-mode": "0600",
-		"kubelet-arg":           []any{"max-pods=150"},
+		"disable":                 []any{"traefik", "servicelb"},
+		"write-kubeconfig-mode":   "0600",
+		"kubelet-arg":             []any{"max-pods=150"},
+		"etcd-snapshot-retention": 1000000,
+		"node-label":              []any{"kedge.io/zone=a"},
 	})
 	if err != nil {
 		t.Fatal(err)
