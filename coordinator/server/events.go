@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -64,5 +66,11 @@ func (l *eventLog) unfollow(ch chan *kedgev1.Event) {
 // event records and logs an event.
 func (s *Server) event(t kedgev1.EventType, cluster, node, msg string) {
 	s.events.add(&kedgev1.Event{At: timestamppb.New(s.now()), Type: t, Cluster: cluster, Node: node, Message: msg})
-	s.log.Info(msg, "event", t.String(), "cluster", cluster, "node", node)
+	level := slog.LevelInfo
+	if t == kedgev1.EventType_EVENT_TYPE_PLAN_RELEASED {
+		// One per node on a fleet-wide change: thousands of lines. The event
+		// stream still carries them.
+		level = slog.LevelDebug
+	}
+	s.log.Log(context.Background(), level, msg, "event", t.String(), "cluster", cluster, "node", node)
 }

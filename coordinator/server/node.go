@@ -186,6 +186,7 @@ func (n *nodeService) ReportStatus(ctx context.Context, req *kedgev1.ReportStatu
 	prev := cn.status
 	cn.status = st
 	cn.lastSeen = s.now()
+	cn.heardLocally = cn.lastSeen
 	cluster := cn.node.Cluster
 	s.mu.Unlock()
 	if statusEqual(prev, st) {

@@ -310,6 +310,7 @@ func (s *Server) etcdCA(ctx context.Context, cluster string) (*pki.CA, error) {
 // the node gauges.
 func (s *Server) tick(ctx context.Context) {
 	s.flushUses(ctx)
+	s.shareSeen(ctx)
 	opts := s.healthOpts()
 	type change struct {
 		cluster, node, msg string

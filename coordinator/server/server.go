@@ -87,16 +87,22 @@ type Server struct {
 	// graceful stop does not wait on them.
 	stopped  chan struct{}
 	stopOnce sync.Once
+	// id names this coordinator process in the store's seen/ records.
+	id string
+	// lastShared is when shareSeen last ran; only the Run goroutine uses it.
+	lastShared time.Time
 }
 
 type cachedNode struct {
 	node        *kedgev1.Node
 	modRevision int64
 	// In memory only: latest status and when the node was last heard from.
-	status    *kedgev1.NodeStatus
-	lastSeen  time.Time
-	condition kedgev1.NodeCondition
-	reason    string
+	status   *kedgev1.NodeStatus
+	lastSeen time.Time
+	// heardLocally is when this coordinator itself last got a report.
+	heardLocally time.Time
+	condition    kedgev1.NodeCondition
+	reason       string
 }
 
 type cachedPlan struct {
@@ -133,7 +139,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		nodes:   map[string]*cachedNode{}, plans: map[string]*cachedPlan{}, specs: map[string]*kedgev1.ClusterSpec{},
 		subs: map[string]map[*planSub]struct{}{}, pending: map[string]uint32{}, dirty: map[string]bool{},
 		kickCh: make(chan struct{}, 1), etcdCAs: map[string]*pki.CA{}, clients: map[string]tls.Certificate{},
-		events: newEventLog(1000), stopped: make(chan struct{}),
+		events: newEventLog(1000), stopped: make(chan struct{}), id: randomHex(8),
 	}
 	if cfg.DataDir != "" {
 		if err := os.MkdirAll(filepath.Join(cfg.DataDir, "artifacts"), 0o700); err != nil {
@@ -279,6 +285,21 @@ func (s *Server) applyChange(c store.Change) {
 			return
 		}
 		s.putPlan(p, c.ModRevision)
+	case strings.HasPrefix(c.Key, store.Seen):
+		s.applySeen(c)
+	case strings.HasPrefix(c.Key, store.Statuses):
+		// Another coordinator's node changed status; our own writes match
+		// the cache already.
+		st := &kedgev1.NodeStatus{}
+		if c.Value == nil || proto.Unmarshal(c.Value, st) != nil {
+			return
+		}
+		s.mu.Lock()
+		if cn := s.nodes[strings.TrimPrefix(c.Key, store.Statuses)]; cn != nil && !statusEqual(cn.status, st) {
+			cn.status = st
+			s.dirty[cn.node.Cluster] = true
+		}
+		s.mu.Unlock()
 	case strings.HasPrefix(c.Key, store.Specs):
 		if c.Value == nil {
 			return

@@ -40,6 +40,8 @@ const (
 	Kubeconfigs = "kubeconfigs/"
 	Artifacts   = "artifacts/"
 	CoordCerts  = "coordcerts/"
+	// Seen holds, per coordinator, when it last heard from each of its nodes.
+	Seen = "seen/"
 )
 
 // ErrConflict means a compare in a transaction failed: someone else wrote
@@ -324,4 +326,19 @@ func (s *Store) TrimPrefix(ctx context.Context, prefix string, keep int) error {
 		}
 	}
 	return nil
+}
+
+// PutWithTTL writes a value that etcd deletes after ttl unless written again:
+// for liveness records of processes that may die without cleaning up.
+func (s *Store) PutWithTTL(ctx context.Context, key string, msg proto.Message, ttl time.Duration) error {
+	data, err := proto.Marshal(msg)
+	if err != nil {
+		return err
+	}
+	lease, err := s.cli.Grant(ctx, int64(max(ttl/time.Second, 1)))
+	if err != nil {
+		return fmt.Errorf("store lease for %s: %w", key, err)
+	}
+	_, err = s.cli.Put(ctx, Prefix+key, string(data), clientv3.WithLease(lease.ID))
+	return err
 }
