@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"path/filepath"
 	"regexp"
@@ -50,6 +53,10 @@ func TestAgainstRealCoordinator(t *testing.T) {
 	list := mustRun(t, e, "token", "list")
 	if !strings.Contains(list, id) || !strings.Contains(list, "0/3") || strings.Contains(list, secret) {
 		t.Errorf("token list should show %s with 0/3 uses and never the secret:\n%s", id, list)
+	}
+	mustRun(t, e, "token", "revoke", id)
+	if list := mustRun(t, e, "token", "list"); !regexp.MustCompile(id + `\s.*\syes\s`).MatchString(list) {
+		t.Errorf("after token revoke %s, token list should show it revoked:\n%s", id, list)
 	}
 	flash := mustRun(t, e, "token", "create", "--cluster", "edge-1", "--print-flash-command")
 	if !strings.Contains(flash, "--ca-pin "+env.CAPin) || !strings.Contains(flash, "--coordinator ") {
@@ -128,6 +135,13 @@ func TestAgainstRealCoordinator(t *testing.T) {
 	if !strings.HasPrefix(out, "TIME ") || !strings.Contains(out, "zzzzzz") || !strings.Contains(out, "intruder") || strings.Contains(out, "0000000000000000") {
 		t.Errorf("enrollments refused should list the unknown token's id and hostname, never its secret:\n%s", out)
 	}
+	data := bytes.Repeat([]byte{0x7f, 'E', 'L', 'F'}, 3<<18) // 3 MiB
+	sum := sha256.Sum256(data)
+	bin := writeFile(t, filepath.Join(dir, "k3s"), string(data))
+	if out := mustRun(t, e, "artifact", "push", "--name", "k3s", "--version", "v1.31.4+k3s1", bin); !strings.Contains(out, hex.EncodeToString(sum[:])+", 3145728 bytes") {
+		t.Errorf("artifact push printed %q; want sha256 %x and the size", out, sum)
+	}
+
 	if testing.Verbose() {
 		for _, args := range [][]string{{"token", "list"}, {"nodes"}, {"status"}, {"node", "get", node.Name}, {"events"}, {"enrollments", "refused"}} {
 			t.Logf("kedgectl %s\n%s", strings.Join(args, " "), mustRun(t, e, args...))
