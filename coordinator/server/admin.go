@@ -280,6 +280,10 @@ func (a *adminService) RemoveNode(ctx context.Context, req *kedgev1.RemoveNodeRe
 	if err != nil {
 		return nil, err
 	}
+	// A replacement machine taking this name joins etcd afresh.
+	if err := s.store.DeletePrefix(ctx, store.EtcdJoins+n.Name); err != nil {
+		s.log.Warn("forget etcd join record", "node", n.Name, "err", err)
+	}
 	s.event(kedgev1.EventType_EVENT_TYPE_NODE_REMOVED, n.Cluster, n.Name, fmt.Sprintf("node %s removed", n.Name))
 	if _, err := s.replan(ctx, n.Cluster, nil, false); err != nil {
 		s.log.Warn("re-plan after removal", "err", err)

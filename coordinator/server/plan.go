@@ -122,7 +122,22 @@ func (s *Server) replan(ctx context.Context, cluster string, override *kedgev1.C
 		}
 	}
 	nodes := s.clusterNodes(cluster, false)
-	out := planner.Compute(planner.Input{Spec: sp, Secrets: secrets, Nodes: nodes})
+	previous := map[string]*kedgev1.Plan{}
+	s.mu.RLock()
+	for _, n := range nodes {
+		if cp := s.plans[n.Name]; cp != nil {
+			previous[n.Name] = cp.plan
+		}
+	}
+	s.mu.RUnlock()
+	out := planner.Compute(planner.Input{Spec: sp, Secrets: secrets, Nodes: nodes, Previous: previous, EtcdJoins: s.joinsFor(nodes)})
+	if !dryRun {
+		for name, p := range out.Plans {
+			if planner.NeedsJoin(p) {
+				s.startJoin(context.WithoutCancel(ctx), cluster, name, previous)
+			}
+		}
+	}
 
 	var changes []*kedgev1.PlanChange
 	var batch []pendingWrite

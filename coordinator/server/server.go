@@ -71,6 +71,8 @@ type Server struct {
 	byMachineID map[string]map[string]struct{}
 	plans       map[string]*cachedPlan
 	specs       map[string]*kedgev1.ClusterSpec
+	joins       map[string]*kedgev1.EtcdPlan // by node: see joins.go
+	joining     map[string]bool              // joins under way in this process
 	subs        map[string]map[*planSub]struct{}
 	started     time.Time
 	pending     map[string]uint32 // unlimited tokens' uses not yet written
@@ -137,6 +139,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		tokens:  &tokens.Manager{Store: cfg.Store, Now: cfg.Now},
 		limiter: tokens.NewLimiter(2*time.Second, 10),
 		nodes:   map[string]*cachedNode{}, plans: map[string]*cachedPlan{}, specs: map[string]*kedgev1.ClusterSpec{},
+		joins: map[string]*kedgev1.EtcdPlan{}, joining: map[string]bool{},
 		subs: map[string]map[*planSub]struct{}{}, pending: map[string]uint32{}, dirty: map[string]bool{},
 		kickCh: make(chan struct{}, 1), etcdCAs: map[string]*pki.CA{}, clients: map[string]tls.Certificate{},
 		events: newEventLog(1000), stopped: make(chan struct{}), id: randomHex(8),
@@ -178,8 +181,15 @@ func (s *Server) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	joins, je, err := store.List(ctx, s.store, store.EtcdJoins, func() *kedgev1.EtcdPlan { return &kedgev1.EtcdPlan{} })
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for i, j := range joins {
+		s.joins[strings.TrimPrefix(je[i].Key, store.EtcdJoins)] = j
+	}
 	for i, n := range nodes {
 		n.EnrollSequence = uint64(ne[i].CreateRevision)
 		// After a restart nobody has been heard from yet; count the restart
@@ -285,6 +295,9 @@ func (s *Server) applyChange(c store.Change) {
 			return
 		}
 		s.putPlan(p, c.ModRevision)
+	case strings.HasPrefix(c.Key, store.EtcdJoins):
+		s.applyJoin(c)
+		s.kick()
 	case strings.HasPrefix(c.Key, store.Seen):
 		s.applySeen(c)
 	case strings.HasPrefix(c.Key, store.Statuses):

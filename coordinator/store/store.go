@@ -42,6 +42,9 @@ const (
 	CoordCerts  = "coordcerts/"
 	// Seen holds, per coordinator, when it last heard from each of its nodes.
 	Seen = "seen/"
+	// EtcdJoins holds, per node, the member list an etcd member added to a
+	// running cluster was told to start with (an EtcdPlan).
+	EtcdJoins = "etcdjoins/"
 )
 
 // ErrConflict means a compare in a transaction failed: someone else wrote
