@@ -165,6 +165,15 @@ func (s *session) dispatch(ctx context.Context, args []string) error {
 			return c.run(ctx, s, words[len(name):])
 		}
 	}
+	var subs []string
+	for _, c := range commands() {
+		if group, sub, ok := strings.Cut(c.name, " "); ok && group == words[0] {
+			subs = append(subs, sub)
+		}
+	}
+	if len(subs) > 0 {
+		return usagef("%s: want a subcommand, one of %s", words[0], strings.Join(subs, ", "))
+	}
 	return usagef("unknown command %q", strings.Join(words, " "))
 }
 

@@ -179,6 +179,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"token", "create"}, "--cluster is required"},
 		{[]string{"token", "create", "--cluster", "c", "--ttl", "-1h"}, "--ttl -1h0m0s must be positive"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"token", "mint"}, "token: want a subcommand, one of create, list, revoke"},
 		{[]string{"nodes", "-o", "yaml"}, `-o "yaml": want table or json`},
 		{[]string{"node", "get"}, "missing node NAME"},
 		{[]string{"node", "get", "a", "b"}, `unexpected argument "b"`},
