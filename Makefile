@@ -51,8 +51,11 @@ demo-down: ## tear down a lab left by a killed demo (state under /run/kedge-lab/
 	$(GO) build -trimpath -o $(BIN)/kedge-lab ./test/lab/cmd/kedge-lab
 	./$(BIN)/kedge-lab down
 
-bench: ## load and speed figures (see docs/performance.md)
+LOADGEN_NODES ?= 5000
+bench: build ## load and speed figures: Go benchmarks and a simulated fleet against a real coordinator (docs/performance.md)
 	$(GO) test -run '^$$' -bench . -benchmem ./coordinator/...
+	$(GO) build -trimpath -o $(BIN)/kedge-loadgen ./test/loadgen/cmd/kedge-loadgen
+	./$(BIN)/kedge-loadgen --coordinator $(BIN)/kedge-coordinator --nodes $(LOADGEN_NODES)
 
 clean:
 	rm -rf $(BIN)
