@@ -240,7 +240,7 @@ func EtcdEndpoints(ms []*Machine) []string {
 // last journal lines of kedge's units, then the coordinator's status and log
 // tail: a red run explains itself.
 func (l *Lab) DumpDiagnostics() {
-	t := l.t
+	t := l.owner
 	t.Logf("==== lab %s diagnostics (run dir %s) ====", l.prefix, l.runDir)
 	for _, m := range l.Machines {
 		if !m.IsOn() {

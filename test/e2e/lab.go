@@ -69,6 +69,7 @@ func AllMachines(opts ...MachineOption) Option {
 // Lab is one running lab.
 type Lab struct {
 	t           TB
+	owner       TB // the NewLab caller: cleanup reports go here
 	prefix      string
 	runDir      string
 	image       string
@@ -116,7 +117,7 @@ func NewLab(t TB, opts ...Option) *Lab {
 	} else if len(removed) > 0 {
 		t.Logf("removed leftovers of killed labs: %v", removed)
 	}
-	l := &Lab{t: t, cluster: cfg.cluster, prefix: "kl" + randomHex(2), stopSigCh: make(chan struct{})}
+	l := &Lab{t: t, owner: t, cluster: cfg.cluster, prefix: "kl" + randomHex(2), stopSigCh: make(chan struct{})}
 	l.image = EnsureImage(t)
 	var err error
 	if l.runDir, err = os.MkdirTemp("", "kedge-lab-"+l.prefix+"-"); err != nil {
@@ -259,6 +260,14 @@ func (l *Lab) parallel(f func(*Machine) error) {
 	}
 }
 
+// Use makes the lab report to t from now on: a subtest sharing its
+// parent's lab calls it first, so a failure fails the subtest.
+func (l *Lab) Use(t TB) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.t = t
+}
+
 // RunDir is this lab's temp dir (machines' disks, coordinator data, logs).
 func (l *Lab) RunDir() string { return l.runDir }
 
@@ -277,7 +286,7 @@ func (l *Lab) Teardown() {
 			l.Coordinator.closeClient()
 		}
 		if err := Teardown(l.state.snapshot()); err != nil {
-			l.t.Logf("lab teardown: %v", err)
+			l.owner.Logf("lab teardown: %v", err)
 		}
 	})
 }
