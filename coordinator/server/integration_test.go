@@ -292,3 +292,135 @@ func TestSharedMachineIDAndApproval(t *testing.T) {
 		t.Fatalf("after approval: %v, %v", resp.GetState(), err)
 	}
 }
+
+const pinnedSpec = `apiVersion: kedge/v1
+kind: Cluster
+metadata:
+  name: edge-1
+spec:
+  topology: stacked
+  etcd:
+    members: 1
+  k3s:
+    servers: 1
+    version: v1.31.4+k3s1
+    binary:
+      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
+      path: /usr/local/bin/k3s
+  inventory:
+    - name: nuc-a
+      match: {hostname: pinned-host}
+      ip: 10.77.0.11
+`
+
+// A pin names the node and fixes its IP; another machine matching the same
+// pin is refused; the pinned IP is what etcd certs carry.
+func TestPinnedEnrollment(t *testing.T) {
+	env := coordtest.Start(t)
+	ctx := testCtx(t)
+	env.ApplySpec(t, pinnedSpec)
+	f := facts(1)
+	f.Hostname = "pinned-host"
+	node := env.EnrollNode(t, f)
+	got, err := env.Admin.GetNode(ctx, &kedgev1.GetNodeRequest{Name: "nuc-a"})
+	if node.Name != "nuc-a" || err != nil || got.Node.NodeIp != "10.77.0.11" || got.Node.ObservedAddress != "127.0.0.1" {
+		t.Fatalf("pinned node: name %s, record %v, %v", node.Name, got.GetNode(), err)
+	}
+	other := facts(2)
+	other.Hostname = "pinned-host"
+	_, err = enroll(ctx, env, t, env.Token(t, "edge-1"), other)
+	if !refusedWith(err, "pinned node name nuc-a is taken by another machine") {
+		t.Errorf("second machine on a taken pin: %v", err)
+	}
+	key, _ := pki.GenerateKey()
+	csr, _ := pki.CreateCSR(key, "x")
+	signed, err := node.Client.SignCertificates(ctx, &kedgev1.SignCertificatesRequest{Requests: []*kedgev1.CertificateRequest{{Kind: kedgev1.CertificateKind_CERTIFICATE_KIND_ETCD_PEER, CsrDer: csr}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, _ := pki.DecodeCertPEM(signed.Certificates[0].CertificatePem)
+	var ips []string
+	for _, ip := range peer.IPAddresses {
+		ips = append(ips, ip.String())
+	}
+	if strings.Join(ips, ",") != "10.77.0.11,127.0.0.1" {
+		t.Errorf("peer cert IP SANs %v; want the pinned IP and loopback", ips)
+	}
+}
+
+// Renewal, artifacts and the kubeconfig, each as its caller would use it.
+func TestRenewArtifactsKubeconfig(t *testing.T) {
+	env := coordtest.Start(t)
+	ctx := testCtx(t)
+	env.ApplySpec(t, stackedSpec)
+	server := env.EnrollNode(t, facts(1))
+	agent := env.EnrollNode(t, facts(2))
+
+	key, _ := pki.GenerateKey()
+	csr, _ := pki.CreateCSR(key, "x")
+	renewed, err := agent.Client.RenewIdentity(ctx, &kedgev1.RenewIdentityRequest{CsrDer: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := pki.DecodeCertPEM(renewed.CertificatePem)
+	if cert.Subject.CommonName != agent.Name || !key.PublicKey.Equal(cert.PublicKey) {
+		t.Errorf("renewed cert CN %s for %s", cert.Subject.CommonName, agent.Name)
+	}
+
+	push, err := env.Admin.PushArtifact(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := strings.Repeat("k3s-binary ", 100000) // > one chunk
+	_ = push.Send(&kedgev1.PushArtifactRequest{Name: "k3s", Version: "v1.31.4+k3s1", Chunk: []byte(payload[:500000])})
+	_ = push.Send(&kedgev1.PushArtifactRequest{Chunk: []byte(payload[500000:])})
+	meta, err := push.CloseAndRecv()
+	if err != nil || meta.Size != int64(len(payload)) {
+		t.Fatalf("push: %v, %v", meta, err)
+	}
+	fetch, err := agent.Client.FetchArtifact(ctx, &kedgev1.FetchArtifactRequest{Name: "k3s", Version: "v1.31.4+k3s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got strings.Builder
+	var sum string
+	for {
+		msg, err := fetch.Recv()
+		if err != nil {
+			break
+		}
+		if msg.Sha256 != "" {
+			sum = msg.Sha256
+		}
+		got.Write(msg.Chunk)
+	}
+	if got.String() != payload || sum != meta.Sha256 {
+		t.Errorf("fetched %d bytes sha %s; want %d bytes sha %s", got.Len(), sum, len(payload), meta.Sha256)
+	}
+	missing, err := agent.Client.FetchArtifact(ctx, &kedgev1.FetchArtifactRequest{Name: "k3s", Version: "v0"})
+	if err == nil {
+		_, err = missing.Recv()
+	}
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("missing artifact: %v; want NotFound", err)
+	}
+
+	kc := []byte("apiVersion: v1\nkind: Config\n")
+	if _, err := agent.Client.UploadKubeconfig(ctx, &kedgev1.UploadKubeconfigRequest{Kubeconfig: kc}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("agent uploading a kubeconfig: %v; want PermissionDenied", err)
+	}
+	// The server's plan must be released before it counts as a K3s server.
+	stream, err := server.Client.WatchPlan(ctx, &kedgev1.WatchPlanRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.Client.UploadKubeconfig(ctx, &kedgev1.UploadKubeconfigRequest{Kubeconfig: kc}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := env.Admin.GetKubeconfig(ctx, &kedgev1.GetKubeconfigRequest{Cluster: "edge-1"}); err != nil || string(resp.Kubeconfig) != string(kc) {
+		t.Errorf("GetKubeconfig: %q, %v", resp.GetKubeconfig(), err)
+	}
+}
