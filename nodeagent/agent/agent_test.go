@@ -16,8 +16,10 @@ import (
 
 	"github.com/kedge-io/kedge/coordinator/app"
 	"github.com/kedge-io/kedge/coordinator/coordtest"
+	"github.com/kedge-io/kedge/coordinator/pki"
 	"github.com/kedge-io/kedge/nodeagent/config"
 	"github.com/kedge-io/kedge/nodeagent/desired"
+	"github.com/kedge-io/kedge/nodeagent/enroll"
 	"github.com/kedge-io/kedge/nodeagent/paths"
 	"github.com/kedge-io/kedge/nodeagent/reconcile"
 	"github.com/kedge-io/kedge/nodeagent/report"
@@ -360,5 +362,48 @@ func TestRealRolesApplyAStackedPlan(t *testing.T) {
 	n.agent.applyOnce(context.Background())
 	if calls := n.systemd.Calls(); len(calls) != 0 {
 		t.Errorf("re-applying the same plan called systemd: %v", calls)
+	}
+}
+
+// At two thirds of its lifetime the identity is renewed through the
+// coordinator, stored, and the session is ended to reconnect with it.
+func TestIdentityRenewedWhenDue(t *testing.T) {
+	env := coordtest.Start(t)
+	simulated := env.EnrollNode(t, &kedgev1.MachineFacts{MachineId: "m-renew", Hostname: "renew", Macs: []string{"52:54:00:00:00:42"}})
+	id, err := enroll.NewIdentity(simulated.Key, simulated.CertPEM, env.CAPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pretend the certificate is old: two thirds of its life are behind it.
+	aged := *id.Cert
+	aged.NotBefore, aged.NotAfter = time.Now().Add(-2*time.Hour), time.Now().Add(time.Hour)
+	id.Cert = &aged
+
+	root := t.TempDir()
+	a := New(Options{Root: root, Config: &config.Config{Coordinators: []string{env.Addr}, HeartbeatInterval: time.Second},
+		Systemd: sysd.NewFake(), Log: slog.New(slog.NewTextHandler(testLog{t}, nil)), RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sessCtx, endSession := context.WithCancel(ctx)
+	out := make(chan *enroll.Identity, 1)
+	a.renewWhenDue(sessCtx, endSession, simulated.Client, id, out)
+	var renewed *enroll.Identity
+	select {
+	case renewed = <-out:
+	default:
+		t.Fatal("renewWhenDue returned without a renewed identity")
+	}
+	if sessCtx.Err() == nil {
+		t.Error("the session was not ended to reconnect with the new certificate")
+	}
+	if renewed.Name() != simulated.Name || renewed.Cert.SerialNumber.Cmp(id.Cert.SerialNumber) == 0 || !renewed.Cert.NotAfter.After(aged.NotAfter) {
+		t.Fatalf("renewed cert: CN %s serial %v until %v", renewed.Name(), renewed.Cert.SerialNumber, renewed.Cert.NotAfter)
+	}
+	os.MkdirAll(paths.In(root, "/var/lib/kedge/identity"), 0o700)
+	keyPEM, _ := pki.EncodeKeyPEM(simulated.Key)
+	os.WriteFile(paths.In(root, paths.IdentityKey), keyPEM, 0o600)
+	stored, err := enroll.Load(root)
+	if err != nil || stored.Cert.SerialNumber.Cmp(renewed.Cert.SerialNumber) != 0 {
+		t.Fatalf("stored identity is not the renewed one: %v", err)
 	}
 }
