@@ -156,22 +156,22 @@ func (p *parser) document(doc *yaml.Node) *kedgev1.ClusterSpec {
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
 		root = root.Content[0]
 	}
+	if !present(root) {
+		p.fail("(document)", "empty; a kedge/v1 Cluster document needs apiVersion, kind, metadata and spec")
+		return nil
+	}
 	f, ok := p.fields(root, "", "apiVersion", "kind", "metadata", "spec")
 	if !ok {
 		return nil
 	}
-	if v, ok := p.str(f["apiVersion"], "apiVersion"); !ok || v == "" {
-		if f["apiVersion"] == nil {
-			p.fail("apiVersion", "missing; set apiVersion: kedge/v1")
-		}
-	} else if v != "kedge/v1" {
+	if v, ok := p.str(f["apiVersion"], "apiVersion"); !present(f["apiVersion"]) || ok && v == "" {
+		p.fail("apiVersion", "missing; set apiVersion: kedge/v1")
+	} else if ok && v != "kedge/v1" {
 		p.fail("apiVersion", "%q is not supported; use kedge/v1", v)
 	}
-	if v, ok := p.str(f["kind"], "kind"); !ok || v == "" {
-		if f["kind"] == nil {
-			p.fail("kind", "missing; set kind: Cluster")
-		}
-	} else if v != "Cluster" {
+	if v, ok := p.str(f["kind"], "kind"); !present(f["kind"]) || ok && v == "" {
+		p.fail("kind", "missing; set kind: Cluster")
+	} else if ok && v != "Cluster" {
 		p.fail("kind", "%q is not supported; use Cluster", v)
 	}
 	s := &kedgev1.ClusterSpec{}
@@ -186,10 +186,10 @@ func (p *parser) document(doc *yaml.Node) *kedgev1.ClusterSpec {
 		default:
 			s.Name = name
 		}
-	} else if f["metadata"] == nil {
+	} else if !present(f["metadata"]) {
 		p.fail("metadata", "missing; add metadata: {name: <cluster name>}")
 	}
-	if f["spec"] == nil {
+	if !present(f["spec"]) {
 		p.fail("spec", "missing; add spec with topology and k3s")
 		return s
 	}
@@ -227,7 +227,7 @@ func (p *parser) spec(n *yaml.Node, s *kedgev1.ClusterSpec) {
 	} else {
 		s.Etcd = p.etcd(f["etcd"])
 	}
-	if f["k3s"] == nil {
+	if !present(f["k3s"]) {
 		p.fail("spec.k3s", "missing; add spec.k3s with version and binary")
 	} else {
 		s.K3S = p.k3s(f["k3s"], s)
@@ -348,7 +348,7 @@ func (p *parser) k3s(n *yaml.Node, s *kedgev1.ClusterSpec) *kedgev1.K3SSpec {
 	default:
 		k.Version = version
 	}
-	if f["binary"] == nil {
+	if !present(f["binary"]) {
 		p.fail("spec.k3s.binary", "missing; give binary.sha256 and where nodes get it (path, artifact or url)")
 	} else {
 		k.Binary = p.binary(f["binary"])
@@ -398,6 +398,7 @@ func (p *parser) binary(n *yaml.Node) *kedgev1.K3SBinary {
 	default:
 		b.Sha256 = strings.ToLower(sum)
 	}
+	srcErrs := len(p.errs) // a source given but invalid is reported as that
 	if v, ok := p.str(f["path"], "spec.k3s.binary.path"); ok && v != "" {
 		if !strings.HasPrefix(v, "/") {
 			p.fail("spec.k3s.binary.path", "%q is relative; give the absolute path on the image, e.g. /usr/local/bin/k3s", v)
@@ -427,7 +428,7 @@ func (p *parser) binary(n *yaml.Node) *kedgev1.K3SBinary {
 			b.AirgapImagesPath = v
 		}
 	}
-	if f["path"] == nil && f["artifact"] == nil && f["url"] == nil {
+	if b.Path == "" && b.Artifact == "" && b.Url == "" && len(p.errs) == srcErrs {
 		p.fail("spec.k3s.binary", "no source; give path (pre-staged on the image), artifact (the coordinator's store) or url")
 	}
 	return b
@@ -571,7 +572,7 @@ func (p *parser) inventory(n *yaml.Node, s *kedgev1.ClusterSpec) []*kedgev1.Inve
 			} else {
 				matches[key] = i
 			}
-		} else if f["match"] == nil {
+		} else if !present(f["match"]) {
 			p.fail(path+".match", "missing; give at least one of mac, dmiSerial, dmiUUID, machineID, hostname")
 		}
 		if roles, ok := p.seq(f["roles"], path+".roles"); ok {
