@@ -254,6 +254,9 @@ func TestParseRefusals(t *testing.T) {
 		{"pin embedded etcd", strings.Replace(strings.Replace(with("topology: stacked", "topology: embedded"), "  etcd:\n    members: 3\n", "", 1), "servers: 3", "servers: 3", 1) + "  inventory:\n    - {name: a, match: {hostname: x}, roles: [etcd]}\n", "f.yaml: spec.inventory[0].roles: etcd in the embedded topology, where K3s runs its own; use server or agent"},
 		{"pin too many servers", strings.Replace(with("topology: stacked", "topology: external"), "servers: 3", "servers: 1", 1) + "  inventory:\n    - {name: a, match: {hostname: a}, roles: [server]}\n    - {name: b, match: {hostname: b}, roles: [server]}\n", "f.yaml: spec.inventory: 2 pins have the server role but spec.k3s.servers is 1; pin at most 1 or raise servers"},
 		{"pin labels not a map", minimal + "  inventory:\n    - {name: a, match: {hostname: x}, labels: [a]}\n", "f.yaml: spec.inventory[0].labels: expected a mapping of label: value, got a list"},
+		{"null apiVersion", with("apiVersion: kedge/v1", "apiVersion:"), "f.yaml: apiVersion: missing; set apiVersion: kedge/v1"},
+		{"null spec", strings.Split(minimal, "spec:")[0] + "spec:\n", "f.yaml: spec: missing; add spec with topology and k3s"},
+		{"only a tag", "!\n", "f.yaml: (document): empty; a kedge/v1 Cluster document needs apiVersion, kind, metadata and spec"},
 		{"inventory not a list", minimal + "  inventory: {a: b}\n", "f.yaml: spec.inventory: expected a list, got a mapping; write it as [a, b] or as '- a' lines"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
