@@ -531,3 +531,36 @@ func TestRemovingAMemberAfterReleaseHoldsNothingBack(t *testing.T) {
 		}
 	}
 }
+
+// TestRandomInputs: whatever the nodes' states, stored roles and
+// conditions, Compute does not panic, keeps its invariants, never gives an
+// agent the server token and does not depend on the order of its input.
+func TestRandomInputs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	specs := []*kedgev1.ClusterSpec{mustSpec(t, "stacked", ""), mustSpec(t, "external", ""), mustSpec(t, "embedded", "")}
+	allRoles := [][]kedgev1.Role{nil, {kedgev1.Role_ROLE_ETCD, kedgev1.Role_ROLE_K3S_SERVER}, {kedgev1.Role_ROLE_ETCD}, {kedgev1.Role_ROLE_K3S_SERVER}, {kedgev1.Role_ROLE_K3S_AGENT}}
+	for i := range 300 {
+		s := specs[rng.IntN(len(specs))]
+		var ns []*kedgev1.Node
+		for j := range rng.IntN(12) {
+			n := node(j + 1)
+			n.Roles = allRoles[rng.IntN(len(allRoles))]
+			n.State = kedgev1.NodeState(rng.IntN(4))
+			n.Condition = kedgev1.NodeCondition(rng.IntN(5))
+			n.EnrollSequence = uint64(rng.IntN(5))
+			if rng.IntN(3) == 0 {
+				n.Status = &kedgev1.NodeStatus{Etcd: &kedgev1.EtcdMemberStatus{MemberId: uint64(j + 1)}}
+			}
+			ns = append(ns, n)
+		}
+		in := Input{Spec: s, Secrets: secrets, Nodes: ns}
+		out := Compute(in)
+		checkInvariants(t, in, out)
+		shuffled := slices.Clone(ns)
+		rng.Shuffle(len(shuffled), func(a, b int) { shuffled[a], shuffled[b] = shuffled[b], shuffled[a] })
+		again := Compute(Input{Spec: s, Secrets: secrets, Nodes: shuffled})
+		if !bytes.Equal(render(t, out), render(t, again)) {
+			t.Fatalf("case %d: node order changed the plans", i)
+		}
+	}
+}
