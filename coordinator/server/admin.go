@@ -78,7 +78,9 @@ func (a *adminService) GetClusterStatus(ctx context.Context, req *kedgev1.GetClu
 		}
 		cluster = all[0]
 	}
-	nodes := s.clusterNodes(cluster, false)
+	// Every node, pending and removed too: health lists pending ones and
+	// leaves removed ones out of the counts.
+	nodes := s.clusterNodes(cluster, true)
 	s.mu.RLock()
 	sp := s.specs[cluster]
 	plans := map[string]*kedgev1.Plan{}

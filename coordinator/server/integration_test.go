@@ -424,3 +424,56 @@ func TestRenewArtifactsKubeconfig(t *testing.T) {
 		t.Errorf("GetKubeconfig: %q, %v", resp.GetKubeconfig(), err)
 	}
 }
+
+// WatchPlan resumes: a node holding the current hash gets nothing until the
+// plan changes, then the change; a node claiming an unknown revision gets
+// the full current plan.
+func TestWatchPlanResume(t *testing.T) {
+	env := coordtest.Start(t)
+	ctx := testCtx(t)
+	env.ApplySpec(t, stackedSpec)
+	node := env.EnrollNode(t, facts(1))
+	first, err := node.Client.WatchPlan(ctx, &kedgev1.WatchPlanRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := first.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resumed, err := node.Client.WatchPlan(wctx, &kedgev1.WatchPlanRequest{KnownRevision: cur.Plan.Revision, KnownHash: cur.Plan.Hash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *kedgev1.Plan, 4)
+	go func() {
+		for {
+			resp, err := resumed.Recv()
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- resp.Plan
+		}
+	}()
+	env.ApplySpec(t, strings.Replace(stackedSpec, "v1.31.4+k3s1", "v1.31.5+k3s1", 1))
+	select {
+	case p := <-got:
+		if p.Hash == cur.Plan.Hash || p.GetK3S().GetBinary().GetVersion() != "v1.31.5+k3s1" || p.Revision <= cur.Plan.Revision {
+			t.Errorf("first plan on a resumed watch is %s@%d (%s); want the changed plan", p.Hash, p.Revision, p.GetK3S().GetBinary().GetVersion())
+		}
+	case <-ctx.Done():
+		t.Fatal("no plan change pushed")
+	}
+
+	stale, err := node.Client.WatchPlan(ctx, &kedgev1.WatchPlanRequest{KnownRevision: 1 << 40, KnownHash: "not-a-hash"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := stale.Recv(); err != nil || resp.Plan.GetK3S().GetBinary().GetVersion() != "v1.31.5+k3s1" {
+		t.Errorf("unknown revision: got %v, %v; want the current plan", resp.GetPlan(), err)
+	}
+}
