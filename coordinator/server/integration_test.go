@@ -477,3 +477,30 @@ func TestWatchPlanResume(t *testing.T) {
 		t.Errorf("unknown revision: got %v, %v; want the current plan", resp.GetPlan(), err)
 	}
 }
+
+// A refused spec and a dry run store nothing; a dry run reports the changes.
+func TestApplySpecRefusedAndDryRun(t *testing.T) {
+	env := coordtest.Start(t)
+	ctx := testCtx(t)
+	env.Cluster = "edge-1"
+	node := env.EnrollNode(t, facts(1))
+	_, err := env.Admin.ApplySpec(ctx, &kedgev1.ApplySpecRequest{FileName: "edge.yaml", SpecYaml: []byte(strings.Replace(stackedSpec, "members: 1", "members: 2", 1))})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "edge.yaml") || !strings.Contains(err.Error(), "spec.etcd.members") {
+		t.Errorf("invalid spec: %v; want InvalidArgument naming the file and field", err)
+	}
+	dry, err := env.Admin.ApplySpec(ctx, &kedgev1.ApplySpecRequest{SpecYaml: []byte(stackedSpec), DryRun: true})
+	if err != nil || dry.Stored || len(dry.Changes) != 1 || dry.Changes[0].Node != node.Name || len(dry.Changes[0].Changes) == 0 {
+		t.Fatalf("dry run: %v, %v; want one unstored change for %s", dry, err, node.Name)
+	}
+	for _, line := range dry.Changes[0].Changes {
+		if strings.Contains(line, "token:") && !strings.HasSuffix(line, ": changed") {
+			t.Errorf("dry run diff shows a secret: %q", line)
+		}
+	}
+	if _, err := env.Admin.GetSpec(ctx, &kedgev1.GetSpecRequest{Cluster: "edge-1"}); status.Code(err) != codes.NotFound {
+		t.Errorf("after a refused spec and a dry run, GetSpec: %v; want NotFound", err)
+	}
+	if got, _ := env.Admin.GetNode(ctx, &kedgev1.GetNodeRequest{Name: node.Name}); got.GetPlan() != nil {
+		t.Errorf("dry run stored a plan: %v", got.GetPlan())
+	}
+}
