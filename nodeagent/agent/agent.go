@@ -551,7 +551,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 
 func (a *Agent) reportOnce(ctx context.Context) {
 	a.mu.Lock()
-	in := report.Input{Root: a.opts.Root, Systemd: a.opts.Systemd, Probes: a.probes, Plan: a.appliedPlan,
+	in := report.Input{Root: a.opts.Root, Systemd: a.opts.Systemd, Probes: a.probes, Plan: a.appliedPlan, Target: a.plan,
 		ApplyError: a.applyErr, ApplyStep: a.applyStep}
 	if a.identity != nil {
 		in.Identity = a.identity.Cert
@@ -579,7 +579,7 @@ func (a *Agent) reportOnce(ctx context.Context) {
 		return
 	}
 	a.status(func(s *statusfile.Status) { s.LastContact = time.Now().UTC().Truncate(time.Second) })
-	a.uploadKubeconfig(callCtx, client, in.Plan, st)
+	a.uploadKubeconfig(callCtx, client, in.Target, st)
 }
 
 // uploadKubeconfig sends K3s's admin kubeconfig once per content change,

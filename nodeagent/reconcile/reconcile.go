@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/kedge-io/kedge/internal/atomicfile"
 	"github.com/kedge-io/kedge/nodeagent/desired"
@@ -82,11 +83,36 @@ type applied struct {
 	PendingRestarts []string          `json:"pendingRestarts,omitempty"`
 }
 
+// DefaultJobTimeout is how long Apply waits for one start or restart job.
+const DefaultJobTimeout = time.Minute
+
 // Reconciler applies desired states under Root through Systemd.
 type Reconciler struct {
 	Root    string
 	Systemd sysd.Conn
 	Log     *slog.Logger
+	// JobTimeout bounds the wait for a start/restart job (0: DefaultJobTimeout).
+	// Type=notify units with TimeoutStartSec=0 (etcd waiting for quorum, K3s
+	// waiting for its datastore) may take arbitrarily long; past this the job
+	// keeps running in systemd, Apply moves on and the report shows
+	// "activating" until the unit is up.
+	JobTimeout time.Duration
+}
+
+// job runs a start or restart and waits at most JobTimeout for it.
+func (r *Reconciler) job(ctx context.Context, f func(context.Context, string) error, unit string) error {
+	timeout := r.JobTimeout
+	if timeout == 0 {
+		timeout = DefaultJobTimeout
+	}
+	jctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := f(jctx, unit)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		r.Log.Info("unit is still starting; not waiting for it any longer", "unit", unit, "waited", timeout)
+		return nil
+	}
+	return err
 }
 
 func hash(b []byte) string {
@@ -277,7 +303,7 @@ func (r *Reconciler) Apply(ctx context.Context, st desired.State, extraRestarts 
 				res.Stopped = append(res.Stopped, u.Name)
 			}
 		case pending[u.Name] && state.Running():
-			if err := r.Systemd.Restart(ctx, u.Name); err != nil {
+			if err := r.job(ctx, r.Systemd.Restart, u.Name); err != nil {
 				delete(pending, u.Name) // systemd did restart it; it failed on its own
 				return fail(StepStart, u.Name, err)
 			}
@@ -285,7 +311,7 @@ func (r *Reconciler) Apply(ctx context.Context, st desired.State, extraRestarts 
 			res.Restarted = append(res.Restarted, u.Name)
 		case !state.Running():
 			delete(pending, u.Name)
-			if err := r.Systemd.Start(ctx, u.Name); err != nil {
+			if err := r.job(ctx, r.Systemd.Start, u.Name); err != nil {
 				return fail(StepStart, u.Name, err)
 			}
 			res.Started = append(res.Started, u.Name)

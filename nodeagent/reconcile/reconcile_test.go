@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kedge-io/kedge/nodeagent/desired"
 	"github.com/kedge-io/kedge/nodeagent/paths"
@@ -246,5 +247,28 @@ func TestHostnameFailureDoesNotHoldBackTheRoles(t *testing.T) {
 	}
 	if st, _ := fake.State(context.Background(), paths.EtcdUnit); !st.Running() {
 		t.Fatal("etcd was not started because the hostname could not be set")
+	}
+}
+
+func TestSlowUnitDoesNotHoldUpTheApply(t *testing.T) {
+	r, fake := newReconciler(t)
+	r.JobTimeout = 100 * time.Millisecond
+	fake.Slow[paths.EtcdUnit] = true // waiting for quorum
+	if _, err := r.Apply(context.Background(), state("name: a\n", "x: 1\n", true), nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := fake.State(context.Background(), paths.EtcdUnit); st.ActiveState != "activating" {
+		t.Fatalf("etcd %+v, want activating", st)
+	}
+	if st, _ := fake.State(context.Background(), paths.K3sServerUnit); !st.Running() {
+		t.Fatal("k3s was not started after a slow etcd")
+	}
+	// The job is still queued in systemd: a re-apply does not start it again.
+	fake.Calls()
+	if _, err := r.Apply(context.Background(), state("name: a\n", "x: 1\n", true), nil); err != nil {
+		t.Fatal(err)
+	}
+	if calls := fake.Calls(); len(calls) != 0 {
+		t.Fatalf("re-apply with etcd still activating called %v", calls)
 	}
 }

@@ -36,8 +36,13 @@ type Input struct {
 	Root    string
 	Systemd sysd.Conn
 	Probes  Probes
-	// Plan is the plan last applied (or being applied); nil before any.
-	Plan       *kedgev1.Plan
+	// Plan is the plan whose apply last finished (with ApplyError if it
+	// failed); nil before any. Its hash is the one reported.
+	Plan *kedgev1.Plan
+	// Target is the newest plan, maybe still being applied: its units and
+	// roles are what is reported on, so a unit slow to start shows up as
+	// "activating" before the apply finishes. Nil means Plan.
+	Target     *kedgev1.Plan
 	ApplyError string
 	ApplyStep  string
 	Identity   *x509.Certificate
@@ -67,8 +72,12 @@ func Build(ctx context.Context, in Input) (*kedgev1.NodeStatus, []statusfile.Uni
 		ObservedAt:   timestamppb.Now(),
 		Waiting:      in.Plan.GetWaiting(),
 	}
+	target := in.Target
+	if target == nil {
+		target = in.Plan
+	}
 	var units []statusfile.Unit
-	for _, name := range Units(in.Plan) {
+	for _, name := range Units(target) {
 		us, err := in.Systemd.State(ctx, name)
 		if err != nil {
 			us = sysd.UnitState{Name: name, ActiveState: "unknown", SubState: err.Error()}
@@ -84,10 +93,10 @@ func Build(ctx context.Context, in Input) (*kedgev1.NodeStatus, []statusfile.Uni
 	}
 	probeCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if in.Plan.GetEtcd() != nil && in.Probes.Etcd != nil {
-		st.Etcd = in.Probes.Etcd(probeCtx, in.Root, in.Plan)
+	if target.GetEtcd() != nil && in.Probes.Etcd != nil {
+		st.Etcd = in.Probes.Etcd(probeCtx, in.Root, target)
 	}
-	if in.Plan.GetK3S().GetRole() == kedgev1.Role_ROLE_K3S_SERVER && in.Probes.K3s != nil {
+	if target.GetK3S().GetRole() == kedgev1.Role_ROLE_K3S_SERVER && in.Probes.K3s != nil {
 		st.K3S = in.Probes.K3s(probeCtx)
 	}
 	if in.Identity != nil {

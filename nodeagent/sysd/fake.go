@@ -16,6 +16,10 @@ type Fake struct {
 	hostname string
 	// FailStart makes Start and Restart of the named unit fail with job result "failed".
 	FailStart map[string]bool
+	// Slow units never finish starting: Start and Restart leave them
+	// "activating" and wait until their context ends, like a Type=notify
+	// unit that has not notified.
+	Slow map[string]bool
 	// HostnameErr, when set, is what SetStaticHostname returns.
 	HostnameErr error
 	changes     chan string
@@ -23,7 +27,7 @@ type Fake struct {
 
 // NewFake returns an empty fake systemd.
 func NewFake() *Fake {
-	return &Fake{units: map[string]*UnitState{}, FailStart: map[string]bool{}, changes: make(chan string, 64)}
+	return &Fake{units: map[string]*UnitState{}, FailStart: map[string]bool{}, Slow: map[string]bool{}, changes: make(chan string, 64)}
 }
 
 func (f *Fake) record(verb, unit string) {
@@ -73,15 +77,22 @@ func (f *Fake) Reload(ctx context.Context) error {
 }
 
 // Start implements Conn.
-func (f *Fake) Start(ctx context.Context, unit string) error { return f.run("start", unit) }
+func (f *Fake) Start(ctx context.Context, unit string) error { return f.run(ctx, "start", unit) }
 
 // Restart implements Conn.
-func (f *Fake) Restart(ctx context.Context, unit string) error { return f.run("restart", unit) }
+func (f *Fake) Restart(ctx context.Context, unit string) error { return f.run(ctx, "restart", unit) }
 
-func (f *Fake) run(verb, unit string) error {
+func (f *Fake) run(ctx context.Context, verb, unit string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record(verb, unit)
+	if f.Slow[unit] {
+		f.set(unit, "activating", "start", "")
+		f.mu.Unlock()
+		<-ctx.Done()
+		f.mu.Lock()
+		return fmt.Errorf("%s %s: %w", verb, unit, ctx.Err())
+	}
 	if f.FailStart[unit] {
 		f.set(unit, "failed", "failed", "exit-code")
 		return fmt.Errorf("%s %s: job failed", verb, unit)
