@@ -113,6 +113,24 @@ func (l *Lab) WaitStatus(t TB, timeout time.Duration, what string, cond func(*ke
 	return 0
 }
 
+// PollStatus is WaitStatus without failing: it reports whether cond held
+// within timeout, and when.
+func (l *Lab) PollStatus(timeout time.Duration, cond func(*kedgev1.ClusterStatus) bool) (time.Duration, bool) {
+	start := time.Now()
+	for time.Since(start) < timeout {
+		if st, err := l.Coordinator.Status(l.cluster); err == nil && cond(st) {
+			return time.Since(start), true
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return time.Since(start), false
+}
+
+// IsHealthy is the condition WaitHealthy waits for.
+func IsHealthy(s *kedgev1.ClusterStatus) bool {
+	return s.GetPhase() == kedgev1.ClusterPhase_CLUSTER_PHASE_HEALTHY
+}
+
 // StatusLine is a one-line summary of a cluster status, for progress logs.
 func StatusLine(s *kedgev1.ClusterStatus) string {
 	phase := strings.TrimPrefix(s.GetPhase().String(), "CLUSTER_PHASE_")

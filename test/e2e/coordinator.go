@@ -126,7 +126,7 @@ func (c *Coordinator) start() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.cmd != nil {
-		return fmt.Errorf("coordinator already running")
+		return nil // already running
 	}
 	log, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -167,6 +167,13 @@ func (c *Coordinator) start() error {
 		time.Sleep(200 * time.Millisecond)
 	}
 	return fmt.Errorf("coordinator admin API did not answer within 60s: %v; log %s:\n%s", lastErr, c.LogPath, c.logTail(20))
+}
+
+// Running reports whether the coordinator process runs.
+func (c *Coordinator) Running() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cmd != nil
 }
 
 // Stop ends the coordinator (SIGTERM, then SIGKILL after 15 s).
