@@ -196,6 +196,12 @@ func serveChain(t *testing.T, env *coordtest.Env) {
 	}
 	t.Log("coordinator serves its leaf only; appending the CA to serving.crt so the pin can be checked")
 	os.WriteFile(p, append(leaf, env.CAPEM...), 0o644)
+	// Let the coordinator finish starting before stopping it again.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := env.Admin.ListNodes(ctx, &kedgev1.ListNodesRequest{}); err != nil {
+		t.Fatal(err)
+	}
 	env.Restart(t)
 }
 
