@@ -2,11 +2,8 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"sort"
 	"strings"
 	"time"
@@ -17,82 +14,15 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kedge-io/kedge/coordinator/pki"
+	"github.com/kedge-io/kedge/coordinator/server/machine"
 	"github.com/kedge-io/kedge/coordinator/spec"
 	"github.com/kedge-io/kedge/coordinator/store"
 	"github.com/kedge-io/kedge/coordinator/tokens"
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
-// Limits on what an enrollment request may carry; real machines are far below.
-const (
-	maxFactList  = 64
-	maxFactBytes = 256
-	maxRefused   = 200
-)
-
-// validateFacts refuses requests no real machine sends.
-func validateFacts(f *kedgev1.MachineFacts) error {
-	if f == nil {
-		return status.Error(codes.InvalidArgument, "facts is empty; send machine-id, MACs and IPs")
-	}
-	if len(f.Macs) == 0 {
-		return status.Error(codes.InvalidArgument, "facts.macs is empty; a machine is recognised by its MACs, send at least one")
-	}
-	if len(f.Macs) > maxFactList || len(f.Ips) > maxFactList || len(f.Labels) > maxFactList {
-		return status.Errorf(codes.InvalidArgument, "facts lists more than %d MACs, IPs or labels", maxFactList)
-	}
-	for _, m := range f.Macs {
-		if _, err := net.ParseMAC(m); err != nil {
-			return status.Errorf(codes.InvalidArgument, "facts.macs: %q is not a MAC address (want e.g. 52:54:00:12:34:56)", m)
-		}
-	}
-	for _, v := range append(append([]string{f.MachineId, f.DmiProductSerial, f.DmiProductUuid, f.Hostname, f.Arch, f.Os}, f.Macs...), f.Ips...) {
-		if len(v) > maxFactBytes {
-			return status.Errorf(codes.InvalidArgument, "a fact is longer than %d bytes", maxFactBytes)
-		}
-	}
-	return nil
-}
-
-func normMAC(m string) string { return strings.ToLower(strings.TrimSpace(m)) }
-
-// sameMachine: at least one MAC in common, and machine-id, DMI serial and DMI
-// UUID equal wherever both sides have them. A shared machine-id alone (cloned
-// images) never makes two machines one.
-func sameMachine(a, b *kedgev1.MachineFacts) bool {
-	if a == nil || b == nil {
-		return false
-	}
-	shared := false
-	for _, x := range a.Macs {
-		for _, y := range b.Macs {
-			if normMAC(x) != "" && normMAC(x) == normMAC(y) {
-				shared = true
-			}
-		}
-	}
-	if !shared {
-		return false
-	}
-	agree := func(x, y string) bool { return x == "" || y == "" || strings.EqualFold(x, y) }
-	return agree(a.MachineId, b.MachineId) && agree(a.DmiProductSerial, b.DmiProductSerial) && agree(a.DmiProductUuid, b.DmiProductUuid)
-}
-
-// derivedName is "node-" + 8 hex of SHA-256 over the sorted MACs and the
-// machine-id, DMI serial and UUID: stable across re-enrollment.
-func derivedName(f *kedgev1.MachineFacts) string {
-	macs := make([]string, 0, len(f.Macs))
-	for _, m := range f.Macs {
-		macs = append(macs, normMAC(m))
-	}
-	sort.Strings(macs)
-	h := sha256.New()
-	for _, part := range append(macs, f.MachineId, f.DmiProductSerial, f.DmiProductUuid) {
-		h.Write([]byte(part))
-		h.Write([]byte{0})
-	}
-	return "node-" + hex.EncodeToString(h.Sum(nil))[:8]
-}
+// maxRefused bounds the stored list of refused enrollments.
+const maxRefused = 200
 
 // Enroll implements BootstrapService.Enroll.
 func (s *Server) Enroll(ctx context.Context, req *kedgev1.EnrollRequest) (*kedgev1.EnrollResponse, error) {
@@ -100,7 +30,7 @@ func (s *Server) Enroll(ctx context.Context, req *kedgev1.EnrollRequest) (*kedge
 	if s.limiter.Blocked(addr) {
 		return nil, status.Errorf(codes.ResourceExhausted, "too many failed enrollments from %s; wait a few seconds and retry", addr)
 	}
-	if err := validateFacts(req.GetFacts()); err != nil {
+	if err := machine.Validate(req.GetFacts()); err != nil {
 		return nil, err
 	}
 	csr, err := pki.ParseCSR(req.GetCsrDer())
@@ -154,7 +84,7 @@ func (s *Server) enrollOnce(ctx context.Context, req *kedgev1.EnrollRequest, add
 	var sharedWith []string
 	s.mu.RLock()
 	candidates := map[string]struct{}{}
-	for _, m := range normMACs(facts.Macs) {
+	for _, m := range machine.NormMACs(facts.Macs) {
 		for name := range s.byMAC[m] {
 			candidates[name] = struct{}{}
 		}
@@ -168,7 +98,7 @@ func (s *Server) enrollOnce(ctx context.Context, req *kedgev1.EnrollRequest, add
 			continue
 		}
 		n := cn.node
-		if sameMachine(n.Facts, facts) {
+		if machine.Same(n.Facts, facts) {
 			if existing == nil || n.State != kedgev1.NodeState_NODE_STATE_REMOVED {
 				existing, existingRev = proto.Clone(n).(*kedgev1.Node), cn.modRevision
 			}
@@ -200,7 +130,7 @@ func (s *Server) enrollOnce(ctx context.Context, req *kedgev1.EnrollRequest, add
 	n := existing
 	rev := existingRev
 	if n == nil {
-		name := derivedName(facts)
+		name := machine.DerivedName(facts)
 		if pin != nil && pin.Name != "" {
 			name = pin.Name
 		}
@@ -216,7 +146,7 @@ func (s *Server) enrollOnce(ctx context.Context, req *kedgev1.EnrollRequest, add
 		}
 		n = &kedgev1.Node{Name: name, EnrolledAt: timestamppb.New(s.now())}
 	}
-	reviving := n.State == kedgev1.NodeState_NODE_STATE_REMOVED || n.Facts == nil || !sameMachine(n.Facts, facts)
+	reviving := n.State == kedgev1.NodeState_NODE_STATE_REMOVED || n.Facts == nil || !machine.Same(n.Facts, facts)
 	if reviving {
 		// A fresh start: roles and state from the previous machine do not carry over.
 		n.Roles, n.State = nil, kedgev1.NodeState_NODE_STATE_UNSPECIFIED

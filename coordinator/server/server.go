@@ -26,6 +26,7 @@ import (
 
 	"github.com/kedge-io/kedge/coordinator/metrics"
 	"github.com/kedge-io/kedge/coordinator/pki"
+	"github.com/kedge-io/kedge/coordinator/server/machine"
 	"github.com/kedge-io/kedge/coordinator/store"
 	"github.com/kedge-io/kedge/coordinator/tokens"
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
@@ -469,17 +470,9 @@ func (s *Server) indexLocked(old, cur *kedgev1.Node) {
 		}
 	}
 	if old != nil {
-		update(s.byMAC, normMACs(old.Facts.GetMacs()), old.Name, false)
+		update(s.byMAC, machine.NormMACs(old.Facts.GetMacs()), old.Name, false)
 		update(s.byMachineID, []string{old.Facts.GetMachineId()}, old.Name, false)
 	}
-	update(s.byMAC, normMACs(cur.Facts.GetMacs()), cur.Name, true)
+	update(s.byMAC, machine.NormMACs(cur.Facts.GetMacs()), cur.Name, true)
 	update(s.byMachineID, []string{cur.Facts.GetMachineId()}, cur.Name, true)
-}
-
-func normMACs(macs []string) []string {
-	out := make([]string, len(macs))
-	for i, m := range macs {
-		out[i] = normMAC(m)
-	}
-	return out
 }
