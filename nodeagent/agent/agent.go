@@ -510,6 +510,9 @@ func (a *Agent) applyOnce(ctx context.Context) bool {
 		return true
 	}
 	_, err := a.applier.ApplyPlan(ctx, plan, client)
+	if ctx.Err() != nil {
+		return false // stopping: an interrupted apply is not a failure to report
+	}
 	var step, msg string
 	if err != nil {
 		step, msg = reconcile.AsStepError(err)

@@ -81,6 +81,8 @@ type applied struct {
 	Files           map[string]string `json:"files"`
 	Units           map[string]string `json:"units"`
 	PendingRestarts []string          `json:"pendingRestarts,omitempty"`
+	// ReloadPending: a unit file was written but daemon-reload never ran.
+	ReloadPending bool `json:"reloadPending,omitempty"`
 }
 
 // DefaultJobTimeout is how long Apply waits for one start or restart job.
@@ -172,10 +174,13 @@ func (r *Reconciler) Apply(ctx context.Context, st desired.State, extraRestarts 
 	for _, u := range append(prev.PendingRestarts, extraRestarts...) {
 		pending[u] = true
 	}
-	// On failure, remember restarts owed plus the hashes of what did get
-	// written, so the next apply neither rewrites nor forgets them.
+	needReload := prev.ReloadPending
+	// On failure, record the hashes of what was written or found right, and
+	// the restarts and reload still owed, so the next apply neither rewrites
+	// nor forgets them, and restarts nothing that is already up to date.
 	fail := func(step, path string, err error) (Result, error) {
-		keep := applied{Files: prev.Files, Units: prev.Units}
+		keep := applied{Files: merged(prev.Files, next.Files), Units: merged(prev.Units, next.Units),
+			ReloadPending: needReload && !res.Reloaded}
 		for u := range pending {
 			keep.PendingRestarts = append(keep.PendingRestarts, u)
 		}
@@ -199,7 +204,6 @@ func (r *Reconciler) Apply(ctx context.Context, st desired.State, extraRestarts 
 	for _, f := range st.Files {
 		full := paths.In(r.Root, f.Path)
 		h := hash(f.Content)
-		next.Files[f.Path] = h
 		onDisk := diskHash(full)
 		if onDisk != h {
 			if err := atomicfile.WriteFile(full, f.Content, f.Mode); err != nil {
@@ -216,13 +220,12 @@ func (r *Reconciler) Apply(ctx context.Context, st desired.State, extraRestarts 
 				pending[u] = true
 			}
 		}
+		next.Files[f.Path] = h
 	}
 
-	needReload := false
 	for _, u := range st.Units {
 		full := paths.In(r.Root, unitPath(u.Name))
 		h := hash(u.Content)
-		next.Units[u.Name] = h
 		onDisk := diskHash(full)
 		if onDisk != h {
 			if err := atomicfile.WriteFile(full, u.Content, 0o644); err != nil {
@@ -234,6 +237,7 @@ func (r *Reconciler) Apply(ctx context.Context, st desired.State, extraRestarts 
 			needReload = true
 			pending[u.Name] = true
 		}
+		next.Units[u.Name] = h
 	}
 
 	// Units kedge manages that the state no longer wants: stop, disable, remove.
@@ -330,6 +334,18 @@ func (r *Reconciler) Apply(ctx context.Context, st desired.State, extraRestarts 
 			"restarted", res.Restarted, "stopped", res.Stopped, "reloaded", res.Reloaded)
 	}
 	return res, nil
+}
+
+// merged is a copy of a overlaid with b.
+func merged(a, b map[string]string) map[string]string {
+	out := make(map[string]string, len(a)+len(b))
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
 }
 
 func validate(st desired.State) error {

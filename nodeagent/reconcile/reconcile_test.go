@@ -272,3 +272,31 @@ func TestSlowUnitDoesNotHoldUpTheApply(t *testing.T) {
 		t.Fatalf("re-apply with etcd still activating called %v", calls)
 	}
 }
+
+// An apply cut short (the agent stopped while a unit was starting) must not
+// make the next apply restart what is already up to date.
+func TestInterruptedApplyRestartsNothingNextTime(t *testing.T) {
+	r, fake := newReconciler(t)
+	fake.Slow[paths.K3sServerUnit] = true
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for {
+			if st, _ := fake.State(context.Background(), paths.K3sServerUnit); st.ActiveState == "activating" {
+				cancel()
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	if _, err := r.Apply(ctx, state("name: a\n", "x: 1\n", true), nil); err == nil {
+		t.Fatal("apply survived its context ending")
+	}
+	fake.Slow[paths.K3sServerUnit] = false
+	fake.Calls()
+	if _, err := r.Apply(context.Background(), state("name: a\n", "x: 1\n", true), nil); err != nil {
+		t.Fatal(err)
+	}
+	if calls := fake.Calls(); len(calls) != 0 {
+		t.Fatalf("after an interrupted apply the next one called %v", calls)
+	}
+}

@@ -214,6 +214,9 @@ func (d *DBus) SetStaticHostname(ctx context.Context, name string) error {
 // Close implements Conn.
 func (d *DBus) Close() {
 	d.stopOnce.Do(func() {
+		// Detach first: go-systemd would otherwise log "full error channel"
+		// for every signal that arrives while the connection closes.
+		d.conn.SetSubStateSubscriber(nil, nil)
 		close(d.stop)
 		d.conn.Close()
 		d.bus.Close()
