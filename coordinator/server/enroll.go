@@ -53,7 +53,8 @@ func (s *Server) Enroll(ctx context.Context, req *kedgev1.EnrollRequest) (*kedge
 			return nil, err
 		}
 		if resp.State == kedgev1.EnrollState_ENROLL_STATE_ENROLLED {
-			certPEM, _, err := s.cfg.CA.SignCSR(req.CsrDer, pki.NodeIdentity(resp.NodeName, s.cfg.Lifetimes), s.now())
+			// The CSR was verified above: sign its key without parsing it again.
+			certPEM, _, err := s.cfg.CA.Sign(csr.PublicKey, pki.NodeIdentity(resp.NodeName, s.cfg.Lifetimes), s.now())
 			if err != nil {
 				return nil, status.Errorf(codes.Internal, "sign identity: %v", err)
 			}

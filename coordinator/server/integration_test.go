@@ -504,3 +504,47 @@ func TestApplySpecRefusedAndDryRun(t *testing.T) {
 		t.Errorf("dry run stored a plan: %v", got.GetPlan())
 	}
 }
+
+// Silence turns a node Unreachable (tick + --unreachable-after), with an event.
+func TestSilentNodeBecomesUnreachable(t *testing.T) {
+	env := coordtest.Start(t)
+	env.UnreachableAfter = time.Second
+	env.Restart(t)
+	ctx := testCtx(t)
+	env.ApplySpec(t, stackedSpec)
+	node := env.EnrollNode(t, facts(1))
+	if _, err := node.Client.ReportStatus(ctx, &kedgev1.ReportStatusRequest{Status: &kedgev1.NodeStatus{AgentVersion: "test"}}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		got, err := env.Admin.GetNode(ctx, &kedgev1.GetNodeRequest{Name: node.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Node.Condition == kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("node still %s after its silence: %s", got.Node.Condition, got.Node.ConditionReason)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	events, err := env.Admin.WatchEvents(ctx, &kedgev1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for {
+		resp, err := events.Recv()
+		if err != nil {
+			break
+		}
+		if e := resp.Event; e.Type == kedgev1.EventType_EVENT_TYPE_NODE_CONDITION && e.Node == node.Name && strings.Contains(e.Message, "unreachable") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no NODE_CONDITION event saying the node is unreachable")
+	}
+}
