@@ -77,6 +77,11 @@ func OpenEmbedded(ctx context.Context, dataDir string) (*Store, error) {
 	cfg.AdvertisePeerUrls = []url.URL{*local}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.ListenMetricsUrls = nil
+	// Plans and statuses are rewritten for the life of the fleet: without
+	// compaction the history grows until etcd's space quota stops all writes.
+	// An hour of history is plenty for watches to resume from.
+	cfg.AutoCompactionMode = "periodic"
+	cfg.AutoCompactionRetention = "1h"
 	zcfg := zap.NewProductionConfig()
 	zcfg.Level = zap.NewAtomicLevelAt(zapcore.WarnLevel)
 	zcfg.Sampling = nil
