@@ -50,8 +50,13 @@ type Options struct {
 	Probes  *report.Probes
 	HTTP    *http.Client
 
-	// RetryMin/RetryMax bound every ordinary retry (enroll, watch, apply).
+	// RetryMin/RetryMax bound retries after a refusal (enrollment refused,
+	// wrong pin) and of a failing apply.
 	RetryMin, RetryMax time.Duration
+	// ReconnectMax caps retries while the coordinator is unreachable: lower
+	// than RetryMax so nodes are back within a minute of it, while jitter
+	// still spreads a fleet's reconnects.
+	ReconnectMax time.Duration
 	// RejectedMin/RejectedMax bound retries after the coordinator rejected
 	// the node's identity (removed): long, the node cannot fix that itself.
 	RejectedMin, RejectedMax time.Duration
@@ -68,6 +73,12 @@ func (o *Options) defaults() {
 	}
 	if o.RetryMax == 0 {
 		o.RetryMax = 5 * time.Minute
+	}
+	if o.ReconnectMax == 0 {
+		o.ReconnectMax = time.Minute
+	}
+	if o.ReconnectMax > o.RetryMax {
+		o.ReconnectMax = o.RetryMax
 	}
 	if o.RejectedMin == 0 {
 		o.RejectedMin = time.Minute
@@ -250,7 +261,8 @@ func (a *Agent) enroll(ctx context.Context) (*enroll.Identity, error) {
 		return nil, fmt.Errorf("node key %s: %w", paths.IdentityKey, err)
 	}
 	b := backoff.Backoff{Min: a.opts.RetryMin, Max: a.opts.RetryMax}
-	pending := backoff.Backoff{Min: a.opts.RetryMin, Max: min(a.opts.RetryMax, time.Minute)}
+	unreachable := backoff.Backoff{Min: a.opts.RetryMin, Max: a.opts.ReconnectMax}
+	pending := backoff.Backoff{Min: a.opts.RetryMin, Max: a.opts.ReconnectMax}
 	for i := 0; ; i++ {
 		addr := a.cfg.Coordinators[i%len(a.cfg.Coordinators)]
 		wait := b.Next
@@ -300,6 +312,7 @@ func (a *Agent) enroll(ctx context.Context) (*enroll.Identity, error) {
 				a.refused(statusfile.Refused, err.Error())
 			default:
 				a.refused(statusfile.NotEnrolled, "coordinator unreachable: "+err.Error())
+				wait = unreachable.Next
 			}
 		}
 		if !backoff.SleepCtx(ctx, wait()) {
@@ -336,7 +349,7 @@ func dial(addr string, id *enroll.Identity) (*grpc.ClientConn, error) {
 // sessions keeps a plan watch open against one coordinator after another,
 // until ctx ends.
 func (a *Agent) sessions(ctx context.Context, id *enroll.Identity) {
-	b := backoff.Backoff{Min: a.opts.RetryMin, Max: a.opts.RetryMax}
+	b := backoff.Backoff{Min: a.opts.RetryMin, Max: a.opts.ReconnectMax}
 	rejected := backoff.Backoff{Min: a.opts.RejectedMin, Max: a.opts.RejectedMax}
 	addrIdx := 0
 	for ctx.Err() == nil {
