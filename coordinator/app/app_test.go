@@ -3,11 +3,15 @@ package app
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kedge-io/kedge/coordinator/adminconfig"
 )
@@ -64,5 +68,70 @@ func TestInitFlagErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v; want %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+func TestServeAppliesSpecServesMetricsAndStops(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := InitDataDir(context.Background(), InitOptions{DataDir: dir, Addresses: []string{"127.0.0.1:7443"}}); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: kedge/v1\nkind: Cluster\n"), 0o600)
+	err := Serve(context.Background(), ServeOptions{DataDir: dir, Listen: "127.0.0.1:0", SpecFile: bad})
+	if err == nil || !strings.Contains(err.Error(), "--spec") || !strings.Contains(err.Error(), "bad.yaml") {
+		t.Errorf("serve with a bad spec: %v; want an error naming --spec and the file", err)
+	}
+
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte(`apiVersion: kedge/v1
+kind: Cluster
+metadata:
+  name: edge-1
+spec:
+  topology: stacked
+  etcd:
+    members: 1
+  k3s:
+    servers: 1
+    version: v1.31.4+k3s1
+    binary:
+      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
+      path: /usr/local/bin/k3s
+`), 0o600)
+	metricsLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	metricsAddr := metricsLis.Addr().String()
+	metricsLis.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, ServeOptions{DataDir: dir, Listen: "127.0.0.1:0", SpecFile: good, MetricsListen: metricsAddr,
+			Ready: func(a net.Addr) { ready <- a }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve not ready")
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "kedge_plan_watch_streams") {
+		t.Errorf("/metrics lacks kedge collectors")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve after stop: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop within 20s of its context ending")
 	}
 }
