@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kedge-io/kedge/coordinator/app"
 	"github.com/kedge-io/kedge/coordinator/coordtest"
@@ -412,4 +413,32 @@ func TestIdentityRenewedWhenDue(t *testing.T) {
 	if err != nil || stored.Cert.SerialNumber.Cmp(renewed.Cert.SerialNumber) != 0 {
 		t.Fatalf("stored identity is not the renewed one: %v", err)
 	}
+}
+
+// A token that needs approval: the node waits, says so in its status, and
+// enrolls once an operator approves it.
+func TestPendingApprovalThenEnrolled(t *testing.T) {
+	env := coordtest.Start(t)
+	serveChain(t, env)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok, err := env.Admin.CreateToken(ctx, &kedgev1.CreateTokenRequest{Cluster: "default", Ttl: durationpb.New(time.Hour), RequireApproval: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNodeIn(t, env, "default")
+	os.WriteFile(paths.In(n.root, paths.BootstrapToken), []byte(tok.Token+"\n"), 0o600)
+	n.start()
+	s := n.await("pending approval", func(s *statusfile.Status) bool {
+		return s.Enrollment == statusfile.PendingApproval && s.NodeName != ""
+	})
+	if _, err := os.Stat(paths.In(n.root, paths.IdentityCert)); err == nil {
+		t.Fatal("a pending node has an identity certificate")
+	}
+	if _, err := env.Admin.ApproveNode(ctx, &kedgev1.ApproveNodeRequest{Name: s.NodeName}); err != nil {
+		t.Fatal(err)
+	}
+	n.await("enrollment after approval", func(s *statusfile.Status) bool {
+		return s.Enrollment == statusfile.Enrolled && !s.IdentityNotAfter.IsZero()
+	})
 }
