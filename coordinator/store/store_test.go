@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +84,27 @@ func TestListWatchAndReopen(t *testing.T) {
 	plans, entries, err := List(ctx, s, Plans, func() *kedgev1.Plan { return &kedgev1.Plan{} })
 	if err != nil || len(plans) != 1 || plans[0].Hash != "h1" || entries[0].Key != Plans+"n1" {
 		t.Errorf("after reopen: %v %v %v", plans, entries, err)
+	}
+}
+
+// OpenExternal reaches an etcd it did not start (here: an embedded one's
+// client URL) and sees the same data; a missing CA file is named.
+func TestOpenExternal(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	if _, err := s.Put(ctx, Specs+"c", &kedgev1.ClusterSpec{Name: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	ext, err := OpenExternal(s.Client().Endpoints(), "", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ext.Close()
+	var sp kedgev1.ClusterSpec
+	if _, found, err := ext.Get(ctx, Specs+"c", &sp); err != nil || !found || sp.Name != "c" {
+		t.Errorf("external read: %v %v %v", &sp, found, err)
+	}
+	if _, err := OpenExternal([]string{"https://127.0.0.1:1"}, "/nonexistent/ca.pem", "", ""); err == nil || !strings.Contains(err.Error(), "--etcd-cafile") {
+		t.Errorf("missing CA file: %v; want an error naming --etcd-cafile", err)
 	}
 }
