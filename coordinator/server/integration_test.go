@@ -245,9 +245,19 @@ func TestNodeAuthority(t *testing.T) {
 		t.Errorf("agent asking for an etcd peer cert: %v; want PermissionDenied", err)
 	}
 
-	// A removed node is turned away with the reason.
+	// A removed node is turned away with the reason, its open watch too.
+	watch, err := agent.Client.WatchPlan(ctx, &kedgev1.WatchPlanRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := env.Admin.RemoveNode(ctx, &kedgev1.RemoveNodeRequest{Name: agent.Name}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("open watch of a removed node: %v; want Unauthenticated", err)
 	}
 	_, err = agent.Client.ReportStatus(ctx, &kedgev1.ReportStatusRequest{Status: &kedgev1.NodeStatus{}})
 	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "node "+agent.Name+" was removed; re-flash it to enroll again") {

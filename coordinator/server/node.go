@@ -32,6 +32,9 @@ type planSub struct {
 	latest *kedgev1.Plan
 	seen   time.Time
 	ready  chan struct{}
+	// removed closes when the node is removed: its stream ends at once.
+	removed  chan struct{}
+	closeRem sync.Once
 }
 
 func (p *planSub) offer(plan *kedgev1.Plan, seen time.Time) {
@@ -55,7 +58,7 @@ func (p *planSub) take() (*kedgev1.Plan, time.Time) {
 func (n *nodeService) WatchPlan(req *kedgev1.WatchPlanRequest, stream kedgev1.NodeService_WatchPlanServer) error {
 	s := n.s
 	name := NodeName(stream.Context())
-	sub := &planSub{ready: make(chan struct{}, 1)}
+	sub := &planSub{ready: make(chan struct{}, 1), removed: make(chan struct{})}
 	s.mu.Lock()
 	if s.subs[name] == nil {
 		s.subs[name] = map[*planSub]struct{}{}
@@ -92,6 +95,8 @@ func (n *nodeService) WatchPlan(req *kedgev1.WatchPlanRequest, stream kedgev1.No
 			return nil
 		case <-s.stopped:
 			return status.Error(codes.Unavailable, "coordinator is stopping; reconnect")
+		case <-sub.removed:
+			return status.Errorf(codes.Unauthenticated, "node %s was removed; re-flash it to enroll again", name)
 		case <-sub.ready:
 		}
 		p, seen := sub.take()

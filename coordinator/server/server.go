@@ -352,6 +352,11 @@ func (s *Server) putNodeLocked(n *kedgev1.Node, modRevision, createRevision int6
 	}
 	s.indexLocked(cn.node, n)
 	cn.node, cn.modRevision = n, modRevision
+	if n.State == kedgev1.NodeState_NODE_STATE_REMOVED {
+		for sub := range s.subs[n.Name] {
+			sub.closeRem.Do(func() { close(sub.removed) })
+		}
+	}
 	s.dirty[n.Cluster] = true
 	select {
 	case s.kickCh <- struct{}{}:
