@@ -176,13 +176,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	managed := reconcile.ManagedUnits
 	a.opts.Systemd.Watch(managed...)
 
-	// Before any network: bring the node back as it was.
+	// Before any network: bring the node back as it was. The apply loop
+	// takes it first; enrollment and the watch go on meanwhile, because a
+	// unit waiting for quorum may hold the apply for a while.
 	if plan, err := loadCachedPlan(a.opts.Root); err != nil {
 		a.log.Warn("ignoring the cached plan", "path", paths.CachedPlan, "err", err)
 	} else if plan != nil {
 		a.log.Info("applying the cached plan before contacting the coordinator", "hash", plan.GetHash(), "revision", plan.GetRevision())
 		a.setPlan(plan)
-		a.applyOnce(ctx)
+		kick(a.applyKick)
 	}
 
 	loopCtx, stopLoops := context.WithCancel(ctx)
