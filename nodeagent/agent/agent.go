@@ -234,6 +234,7 @@ func (a *Agent) setPlan(plan *kedgev1.Plan) {
 	a.status(func(s *statusfile.Status) {
 		s.NodeName, s.Cluster = plan.GetNodeName(), plan.GetCluster()
 		s.PlanWaiting = plan.GetWaiting()
+		s.TargetPlanHash = plan.GetHash()
 	})
 }
 
@@ -355,6 +356,19 @@ func (a *Agent) sessions(ctx context.Context, id *enroll.Identity) {
 	rejected := backoff.Backoff{Min: a.opts.RejectedMin, Max: a.opts.RejectedMax}
 	addrIdx := 0
 	for ctx.Err() == nil {
+		if time.Now().After(id.Cert.NotAfter) {
+			// Offline past its identity's lifetime: nothing accepts that
+			// certificate any more, the bootstrap token is the only way back.
+			reason := fmt.Sprintf("identity certificate expired at %s; enrolling again with the bootstrap token", id.Cert.NotAfter.UTC().Format(time.RFC3339))
+			a.log.Error(reason)
+			a.refused(statusfile.NotEnrolled, reason)
+			nid, err := a.enroll(ctx)
+			if err != nil {
+				return
+			}
+			id = nid
+			a.setIdentity(id)
+		}
 		addr := a.cfg.Coordinators[addrIdx%len(a.cfg.Coordinators)]
 		conn, err := dial(addr, id)
 		if err != nil {

@@ -442,3 +442,38 @@ func TestPendingApprovalThenEnrolled(t *testing.T) {
 		return s.Enrollment == statusfile.Enrolled && !s.IdentityNotAfter.IsZero()
 	})
 }
+
+// A node offline past its identity's lifetime enrolls again with its token
+// instead of knocking forever with a dead certificate.
+func TestExpiredIdentityEnrollsAgain(t *testing.T) {
+	env := coordtest.Start(t)
+	serveChain(t, env)
+	n := newNodeIn(t, env, "default")
+	keyPEM, _ := os.ReadFile(filepath.Join(env.DataDir, app.CAKeyFile))
+	ca, err := pki.LoadCA(env.CAPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := enroll.LoadOrCreateKey(n.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, _, err := ca.Sign(&key.PublicKey, pki.NodeIdentity("old-name", pki.DefaultLifetimes()), time.Now().Add(-60*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := enroll.NewIdentity(key, certPEM, env.CAPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Save(n.root); err != nil {
+		t.Fatal(err)
+	}
+	n.start()
+	s := n.await("enrollment with a fresh identity", func(s *statusfile.Status) bool {
+		return s.Enrollment == statusfile.Enrolled && s.IdentityNotAfter.After(time.Now())
+	})
+	if s.NodeName == "old-name" {
+		t.Fatalf("status still shows the expired identity: %+v", s)
+	}
+}

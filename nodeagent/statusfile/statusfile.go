@@ -46,19 +46,22 @@ type Status struct {
 	Enrollment       string    `json:"enrollment"`
 	// LastError is the latest refusal or connection problem, e.g.
 	// "enrollment refused: token expired at ...".
-	LastError    string    `json:"lastError,omitempty"`
-	LastErrorAt  time.Time `json:"lastErrorAt,omitzero"`
-	PlanHash     string    `json:"planHash,omitempty"`
-	PlanRevision uint64    `json:"planRevision,omitempty"`
-	PlanWaiting  string    `json:"planWaiting,omitempty"`
-	ApplyError   string    `json:"applyError,omitempty"`
-	ApplyStep    string    `json:"applyStep,omitempty"`
-	LastApplied  time.Time `json:"lastApplied,omitzero"`
-	Units        []Unit    `json:"units,omitempty"`
-	Coordinator  string    `json:"coordinator,omitempty"`
-	LastContact  time.Time `json:"lastContact,omitzero"`
-	AgentVersion string    `json:"agentVersion,omitempty"`
-	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
+	LastError   string    `json:"lastError,omitempty"`
+	LastErrorAt time.Time `json:"lastErrorAt,omitzero"`
+	// PlanHash and PlanRevision are the plan whose apply last finished;
+	// TargetPlanHash is the newest plan received, maybe still being applied.
+	PlanHash       string    `json:"planHash,omitempty"`
+	TargetPlanHash string    `json:"targetPlanHash,omitempty"`
+	PlanRevision   uint64    `json:"planRevision,omitempty"`
+	PlanWaiting    string    `json:"planWaiting,omitempty"`
+	ApplyError     string    `json:"applyError,omitempty"`
+	ApplyStep      string    `json:"applyStep,omitempty"`
+	LastApplied    time.Time `json:"lastApplied,omitzero"`
+	Units          []Unit    `json:"units,omitempty"`
+	Coordinator    string    `json:"coordinator,omitempty"`
+	LastContact    time.Time `json:"lastContact,omitzero"`
+	AgentVersion   string    `json:"agentVersion,omitempty"`
+	UpdatedAt      time.Time `json:"updatedAt,omitzero"`
 }
 
 // Read loads the status file under root.
@@ -153,6 +156,9 @@ func Print(w io.Writer, s *Status, now time.Time) error {
 		row("Plan", fmt.Sprintf("%s (revision %d)", s.PlanHash, s.PlanRevision))
 	} else {
 		row("Plan", "none yet")
+	}
+	if s.TargetPlanHash != "" && s.TargetPlanHash != s.PlanHash {
+		row("Applying", s.TargetPlanHash)
 	}
 	if s.PlanWaiting != "" {
 		row("Waiting", s.PlanWaiting)
