@@ -24,13 +24,16 @@ const ImageSuite = "bookworm"
 // harness self-test; the rest is what a minimal systemd machine needs.
 var ImagePackages = []string{"systemd", "systemd-sysv", "dbus", "iproute2", "ca-certificates", "iputils-ping"}
 
-// maskedUnits degrade or slow a boot in nspawn: remount-fs and sysusers
-// each failed now and then on an overlay root (`degraded`; the image has
-// its users already), and the rest have nothing to do in a container
-// without a real console, clock or disks.
+// maskedUnits degrade or slow a boot in nspawn: remount-fs, sysusers and
+// update-utmp each failed now and then on an overlay root under load
+// (`degraded`; the image has its users already and nothing reads utmp),
+// and the rest have nothing to do in a container without a real console,
+// clock or disks.
 var maskedUnits = []string{
 	"systemd-remount-fs.service",
 	"systemd-sysusers.service",
+	"systemd-update-utmp.service",
+	"systemd-update-utmp-runlevel.service",
 	"getty@tty1.service",
 	"console-getty.service",
 	"systemd-timesyncd.service",

@@ -377,7 +377,14 @@ func (m *Machine) waitRunning(timeout time.Duration) error {
 			return nil
 		case "degraded":
 			failed, _ := m.Exec("systemctl", "--failed", "--no-legend", "--plain")
-			return fmt.Errorf("%s booted degraded; failed units:\n%s", m.Name, failed)
+			var why strings.Builder
+			for _, line := range strings.Split(strings.TrimSpace(failed), "\n") {
+				if f := strings.Fields(line); len(f) > 0 {
+					j, _ := m.Exec("journalctl", "-b", "-u", f[0], "-n", "15", "--no-pager")
+					fmt.Fprintf(&why, "--- journalctl -u %s:\n%s", f[0], j)
+				}
+			}
+			return fmt.Errorf("%s booted degraded; failed units:\n%s%s", m.Name, failed, why.String())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
