@@ -303,6 +303,8 @@ func GRPCServerOptions(creds credentials.TransportCredentials) []grpc.ServerOpti
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
 		grpc.MaxRecvMsgSize(4 << 20),
+		// An agent needs two or three streams; bound what one client can hold.
+		grpc.MaxConcurrentStreams(100),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 	}

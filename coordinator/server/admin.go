@@ -272,7 +272,13 @@ func (a *adminService) RemoveNode(ctx context.Context, req *kedgev1.RemoveNodeRe
 		}
 		c := &etcdmembers.Client{Endpoints: endpoints, TLS: tlsCfg}
 		if err := c.Remove(ctx, plan.Etcd.MemberName, req.Force); err != nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "remove etcd member %s of node %s: %v", plan.Etcd.MemberName, n.Name, err)
+			if !req.Force {
+				return nil, status.Errorf(codes.FailedPrecondition, "remove etcd member %s of node %s: %v", plan.Etcd.MemberName, n.Name, err)
+			}
+			// Forced: the operator retires the node even when etcd cannot
+			// be changed now (e.g. the whole cluster is down); say so.
+			s.event(kedgev1.EventType_EVENT_TYPE_MEMBER_UNHEALTHY, n.Cluster, n.Name,
+				fmt.Sprintf("node %s removed with --force, but its etcd member %s could not be removed: %v; remove it with etcdctl member remove once etcd is reachable", n.Name, plan.Etcd.MemberName, err))
 		}
 	}
 	n, err := s.updateNode(ctx, req.Name, func(n *kedgev1.Node) error {

@@ -558,3 +558,32 @@ func TestSilentNodeBecomesUnreachable(t *testing.T) {
 		t.Error("no NODE_CONDITION event saying the node is unreachable")
 	}
 }
+
+// Removing an etcd member whose etcd cannot be reached is refused unless
+// forced; forced, the node is removed and the event says what is left to do.
+func TestRemoveEtcdNode(t *testing.T) {
+	env := coordtest.Start(t)
+	ctx := testCtx(t)
+	env.ApplySpec(t, stackedSpec)
+	member := env.EnrollNode(t, facts(1))
+	stream, err := member.Client.WatchPlan(ctx, &kedgev1.WatchPlanRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := stream.Recv(); err != nil || resp.Plan.GetEtcd() == nil {
+		t.Fatalf("etcd plan: %v, %v", resp.GetPlan(), err)
+	}
+	// No etcd runs here: the member cannot be removed through etcd.
+	if _, err := env.Admin.RemoveNode(ctx, &kedgev1.RemoveNodeRequest{Name: member.Name}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("remove without force: %v; want FailedPrecondition", err)
+	}
+	if got, _ := env.Admin.GetNode(ctx, &kedgev1.GetNodeRequest{Name: member.Name}); got.GetNode().GetState() != kedgev1.NodeState_NODE_STATE_ENROLLED {
+		t.Errorf("refused removal changed the node: %v", got.GetNode().GetState())
+	}
+	if _, err := env.Admin.RemoveNode(ctx, &kedgev1.RemoveNodeRequest{Name: member.Name, Force: true}); err != nil {
+		t.Fatalf("forced removal: %v", err)
+	}
+	if got, _ := env.Admin.GetNode(ctx, &kedgev1.GetNodeRequest{Name: member.Name}); got.GetNode().GetState() != kedgev1.NodeState_NODE_STATE_REMOVED {
+		t.Errorf("after forced removal: %v", got.GetNode().GetState())
+	}
+}
