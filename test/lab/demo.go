@@ -204,27 +204,28 @@ func printAccess(out io.Writer, l *e2e.Lab) {
 // down stops a running demo (SIGTERM to its owner) and removes every lab
 // whose owner is gone.
 func down(out io.Writer) error {
+	stopped := 0
 	files, _ := filepath.Glob(filepath.Join(e2e.StateDir, "*.json"))
 	for _, f := range files {
 		s, err := e2e.ReadState(f)
-		if err != nil || s.OwnerPID == os.Getpid() {
-			continue
+		if err != nil || s.OwnerPID == os.Getpid() || syscall.Kill(s.OwnerPID, 0) != nil || !isKedgeLab(s.OwnerPID) {
+			continue // the sweep below handles labs whose owner is gone
 		}
-		if syscall.Kill(s.OwnerPID, 0) == nil && isKedgeLab(s.OwnerPID) {
-			fmt.Fprintf(out, "asking the running demo (pid %d) to stop\n", s.OwnerPID)
-			syscall.Kill(s.OwnerPID, syscall.SIGTERM)
-			deadline := time.Now().Add(60 * time.Second)
-			for time.Now().Before(deadline) && syscall.Kill(s.OwnerPID, 0) == nil {
-				time.Sleep(200 * time.Millisecond)
-			}
+		fmt.Fprintf(out, "asking the running demo (pid %d) to stop\n", s.OwnerPID)
+		syscall.Kill(s.OwnerPID, syscall.SIGTERM)
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) && syscall.Kill(s.OwnerPID, 0) == nil {
+			time.Sleep(200 * time.Millisecond)
 		}
+		fmt.Fprintf(out, "the demo tore its lab %s down\n", s.Prefix)
+		stopped++
 	}
 	removed, err := e2e.SweepLeftovers()
 	sort.Strings(removed)
 	for _, r := range removed {
 		fmt.Fprintf(out, "removed %s\n", r)
 	}
-	if len(removed) == 0 && err == nil {
+	if len(removed) == 0 && err == nil && stopped == 0 {
 		fmt.Fprintln(out, "no lab left to tear down")
 	}
 	return err
