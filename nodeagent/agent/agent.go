@@ -244,12 +244,6 @@ func (a *Agent) setClient(c kedgev1.NodeServiceClient) {
 	a.mu.Unlock()
 }
 
-func (a *Agent) getClient() kedgev1.NodeServiceClient {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.client
-}
-
 func (a *Agent) contact(addr string) {
 	a.status(func(s *statusfile.Status) {
 		s.Coordinator = addr
