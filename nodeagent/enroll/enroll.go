@@ -98,6 +98,10 @@ func VerifyPinned(presented []*x509.Certificate, pin, host string) error {
 		// A self-signed leaf that is itself the CA is allowed too.
 		if presented[0].IsCA && pkiutil.Pin(presented[0]) == pin {
 			pinned = presented[0]
+		} else if len(presented) == 1 {
+			// Nothing to check the pin against: the coordinator must send
+			// its CA after its serving certificate.
+			return &PinMismatchError{Pin: pin, Detail: "the coordinator presented its serving certificate without its CA; it must serve the chain (serving cert followed by the CA cert)"}
 		} else {
 			return &PinMismatchError{Pin: pin, Detail: "no CA in the presented chain has that pin"}
 		}

@@ -3,6 +3,7 @@ package enroll
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net"
 	"strings"
@@ -119,5 +120,24 @@ func TestRefusalCarriesTheCoordinatorsReason(t *testing.T) {
 	var r *RefusedError
 	if !errors.As(err, &r) || err.Error() != "enrollment refused: token expired at 2026-01-01T00:00:00Z" {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestLeafWithoutCAIsRefusedWithTheFix(t *testing.T) {
+	ca, _ := pki.NewCA("coordinator CA", time.Hour, time.Now())
+	certPEM, _, err := ca.Issue(pki.Serving([]string{"127.0.0.1"}, pki.DefaultLifetimes()), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := pki.DecodeCertPEM(certPEM)
+	err = VerifyPinned([]*x509.Certificate{leaf}, ca.Pin(), "127.0.0.1")
+	if err == nil || !strings.Contains(err.Error(), "without its CA") {
+		t.Fatalf("leaf-only chain: %v", err)
+	}
+	if err := VerifyPinned([]*x509.Certificate{leaf, ca.Cert}, ca.Pin(), "127.0.0.1"); err != nil {
+		t.Fatalf("leaf + CA: %v", err)
+	}
+	if err := VerifyPinned([]*x509.Certificate{leaf, ca.Cert}, ca.Pin(), "10.9.9.9"); err == nil {
+		t.Fatal("a certificate for another host was accepted")
 	}
 }
