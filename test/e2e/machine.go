@@ -80,6 +80,9 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
+// RandomMachineID is a fresh machine-id (32 hex digits).
+func RandomMachineID() string { return randomHex(16) }
+
 func randomUUID() string {
 	h := randomHex(16)
 	return fmt.Sprintf("%s-%s-%s-%s-%s", h[:8], h[8:12], h[12:16], h[16:20], h[20:])
