@@ -259,6 +259,24 @@ func TestAgentAgainstARealCoordinator(t *testing.T) {
 		return nd.GetStatus().GetPlanHash() == planHash && len(nd.GetStatus().GetUnits()) == 2 && nd.GetStatus().GetEtcd().GetHealthy()
 	})
 
+	// An active K3s server's admin kubeconfig reaches the coordinator,
+	// pointed at the node's address.
+	os.MkdirAll(filepath.Dir(paths.In(n.root, paths.K3sKubeconfig)), 0o755)
+	os.WriteFile(paths.In(n.root, paths.K3sKubeconfig), []byte("clusters:\n- cluster:\n    server: https://localhost:6443\n  name: default\n"), 0o600)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		kc, err := env.Admin.GetKubeconfig(ctx, &kedgev1.GetKubeconfigRequest{Cluster: "edge-1"})
+		cancel()
+		if err == nil && strings.Contains(string(kc.GetKubeconfig()), "server: https://127.0.0.1:6443") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubeconfig never reached the coordinator: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
 	// A unit failing is reported without waiting for the plan to change.
 	n.systemd.SetState(paths.K3sServerUnit, "failed", "failed", "exit-code")
 	coordinatorSees(t, env, "k3s failed", func(nd *kedgev1.Node) bool {
