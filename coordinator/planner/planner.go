@@ -29,9 +29,10 @@
 // Agents' server. With spec.k3s.registrationAddress, agents join through it.
 // Otherwise each agent picks among the K3s servers the coordinator does not
 // see as Degraded or Unreachable, by rendezvous hashing (highest
-// sha256(agent, server) wins): deterministic without remembering anything,
-// spread evenly, and an agent moves only when its own server stops being a
-// candidate (or a new server outranks it). With no candidate, agents use the
+// sha256(agent, server) wins): deterministic and spread evenly. An agent
+// whose stored plan (Input.Previous) names a server that is still a
+// candidate keeps it, so it moves only when its own server stops being a
+// candidate, and does not move back when a failed server returns. With no candidate, agents use the
 // first server by order. Servers count as candidates while Provisioning on
 // purpose: otherwise every agent would hop servers as each one comes up.
 // Non-first servers of the embedded topology join the first server (the one
@@ -212,7 +213,8 @@ func Compute(in Input) Output {
 				p.Waiting = "waiting for a K3s server to enroll"
 				break
 			}
-			p.K3S = agentPlan(in, m, serverURL(in.Spec, m.node.Name, servers, candidates))
+			current := in.Previous[m.node.Name].GetK3S().GetServerUrl()
+			p.K3S = agentPlan(in, m, serverURL(in.Spec, m.node.Name, current, servers, candidates))
 		}
 		p.Hash = Hash(p)
 	}
@@ -515,13 +517,22 @@ func healthyServers(servers []*member) []*member {
 }
 
 // serverURL picks an agent's server: the registration address, else the
-// rendezvous-hash winner among candidates, else the first server by order.
-func serverURL(s *kedgev1.ClusterSpec, agent string, servers, candidates []*member) string {
+// server it already uses (current, from its stored plan) while that is still
+// a candidate, else the rendezvous-hash winner among candidates, else the
+// first server by order. Keeping the current server means a server that
+// comes back after an outage does not pull its agents back: each move
+// restarts k3s-agent, and one move per failure is enough.
+func serverURL(s *kedgev1.ClusterSpec, agent, current string, servers, candidates []*member) string {
 	if addr := s.GetK3S().GetRegistrationAddress(); addr != "" {
 		return registrationURL(addr)
 	}
 	if len(candidates) == 0 {
 		return serverURLOf(servers[0])
+	}
+	for _, c := range candidates {
+		if current != "" && serverURLOf(c) == current {
+			return current
+		}
 	}
 	var best *member
 	var bestScore []byte

@@ -400,6 +400,33 @@ func TestAgentsMoveOnlyWhenTheirServerIsUnhealthy(t *testing.T) {
 	}
 }
 
+func TestAgentStaysOnItsNewServerWhenTheOldOneReturns(t *testing.T) {
+	s := mustSpec(t, "stacked", "")
+	healthy := Compute(Input{Spec: s, Secrets: secrets, Nodes: nodes(23)})
+	ns := nodes(23)
+	ns[1].Condition = kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE // nuc2
+	failedOver := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns, Previous: healthy.Plans})
+	// nuc2 is back: agents that moved off it keep their new server.
+	back := Compute(Input{Spec: s, Secrets: secrets, Nodes: nodes(23), Previous: failedOver.Plans})
+	moved := 0
+	for i := 4; i <= 23; i++ {
+		name := fmt.Sprintf("nuc%d", i)
+		was, during, now := healthy.Plans[name].K3S.ServerUrl, failedOver.Plans[name].K3S.ServerUrl, back.Plans[name].K3S.ServerUrl
+		if was != during {
+			moved++
+		}
+		if now != during {
+			t.Errorf("%s moved again when nuc2 returned: %s -> %s", name, during, now)
+		}
+		if back.Plans[name].Hash != failedOver.Plans[name].Hash {
+			t.Errorf("%s's plan changed when nuc2 returned", name)
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no agent was on nuc2 to move")
+	}
+}
+
 func TestAgentWaitsWithoutServers(t *testing.T) {
 	s := mustSpec(t, "embedded", `  inventory:
     - {name: a, match: {hostname: localhost-1}, roles: [agent]}
