@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/kedge-io/kedge/coordinator/pki"
 	"github.com/kedge-io/kedge/internal/atomicfile"
 	"github.com/kedge-io/kedge/internal/version"
 	"github.com/kedge-io/kedge/nodeagent/internal/pkiutil"
@@ -88,7 +89,7 @@ func VerifyPinned(presented []*x509.Certificate, pin, host string) error {
 	var pinned *x509.Certificate
 	inter := x509.NewCertPool()
 	for _, c := range presented[1:] {
-		if c.IsCA && pkiutil.Pin(c) == pin {
+		if c.IsCA && pki.Pin(c) == pin {
 			pinned = c
 			continue
 		}
@@ -96,7 +97,7 @@ func VerifyPinned(presented []*x509.Certificate, pin, host string) error {
 	}
 	if pinned == nil {
 		// A self-signed leaf that is itself the CA is allowed too.
-		if presented[0].IsCA && pkiutil.Pin(presented[0]) == pin {
+		if presented[0].IsCA && pki.Pin(presented[0]) == pin {
 			pinned = presented[0]
 		} else if len(presented) == 1 {
 			// Nothing to check the pin against: the coordinator must send
@@ -157,7 +158,7 @@ func Enroll(ctx context.Context, req Request) (*kedgev1.EnrollResponse, error) {
 		return nil, err
 	}
 	defer conn.Close()
-	csr, err := pkiutil.CreateCSR(req.Key, req.Facts.GetHostname())
+	csr, err := pki.CreateCSR(req.Key, req.Facts.GetHostname())
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +194,7 @@ func checkBundle(bundle []byte, pin string) error {
 		return fmt.Errorf("coordinator CA bundle: %w", err)
 	}
 	for _, c := range cas {
-		if pkiutil.Pin(c) == pin {
+		if pki.Pin(c) == pin {
 			return nil
 		}
 	}
@@ -243,7 +244,7 @@ func (id *Identity) RenewAt() time.Time {
 
 // TLSConfig is the mutual-TLS client config for host, trusting only the stored CA.
 func (id *Identity) TLSConfig(host string) (*tls.Config, error) {
-	keyPEM, err := pkiutil.EncodeKey(id.Key)
+	keyPEM, err := pki.EncodeKeyPEM(id.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -272,11 +273,11 @@ func LoadOrCreateKey(root string) (*ecdsa.PrivateKey, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	key, err := pkiutil.GenerateKey()
+	key, err := pki.GenerateKey()
 	if err != nil {
 		return nil, err
 	}
-	pemBytes, err := pkiutil.EncodeKey(key)
+	pemBytes, err := pki.EncodeKeyPEM(key)
 	if err != nil {
 		return nil, err
 	}
@@ -325,7 +326,7 @@ func (id *Identity) Save(root string) error {
 
 // Renew asks the coordinator for a fresh certificate for the same key.
 func Renew(ctx context.Context, client kedgev1.NodeServiceClient, id *Identity) (*Identity, error) {
-	csr, err := pkiutil.CreateCSR(id.Key, id.Name())
+	csr, err := pki.CreateCSR(id.Key, id.Name())
 	if err != nil {
 		return nil, err
 	}
