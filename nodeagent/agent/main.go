@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/kedge-io/kedge/nodeagent/config"
 	"github.com/kedge-io/kedge/nodeagent/paths"
@@ -22,5 +24,30 @@ func Main(ctx context.Context, root, configPath string, log *slog.Logger) error 
 		return fmt.Errorf("%w (the agent needs the system bus; is it running under systemd?)", err)
 	}
 	defer sd.Close()
-	return Run(ctx, Options{Root: root, Config: cfg, Systemd: sd, Log: log})
+	// A lost bus (dbus restarted) does not come back by itself: end the
+	// agent so systemd restarts it with a fresh connection.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !sd.Connected() {
+					cancel(errBusLost)
+					return
+				}
+			}
+		}
+	}()
+	err = Run(ctx, Options{Root: root, Config: cfg, Systemd: sd, Log: log})
+	if errors.Is(context.Cause(ctx), errBusLost) {
+		return errBusLost
+	}
+	return err
 }
+
+var errBusLost = errors.New("lost the D-Bus connection to systemd; exiting so systemd restarts the agent")

@@ -211,6 +211,11 @@ func (d *DBus) SetStaticHostname(ctx context.Context, name string) error {
 	return nil
 }
 
+// Connected reports whether both bus connections are still up.
+func (d *DBus) Connected() bool {
+	return d.conn.Connected() && d.bus.Connected()
+}
+
 // Close implements Conn.
 func (d *DBus) Close() {
 	d.stopOnce.Do(func() {
