@@ -82,11 +82,7 @@ func (s *Server) decorateLocked(cn *cachedNode) *kedgev1.Node {
 	}
 	n.Condition, n.ConditionReason = cn.condition, cn.reason
 	if n.Condition == kedgev1.NodeCondition_NODE_CONDITION_UNSPECIFIED {
-		var p *kedgev1.Plan
-		if cp := s.plans[n.Name]; cp != nil {
-			p = cp.plan
-		}
-		n.Condition, n.ConditionReason = health.NodeCondition(n, p, s.healthOpts())
+		n.Condition, n.ConditionReason = s.deriveLocked(cn, s.healthOpts())
 	}
 	return n
 }
@@ -321,18 +317,23 @@ func (s *Server) etcdCA(ctx context.Context, cluster string) (*pki.CA, error) {
 }
 
 // tick re-derives node conditions (so silence becomes Unreachable), re-plans
-// clusters where a condition changed, flushes token use counts and updates
-// the node gauges.
+// clusters where a condition changed, flushes token use counts, shares
+// last-seen times and updates the node gauges. Conditions are derived under
+// the read lock; only the few that changed take the write lock, so RPCs are
+// not held up by a sweep over every node.
 func (s *Server) tick(ctx context.Context) {
 	s.flushUses(ctx)
 	s.shareSeen(ctx)
 	opts := s.healthOpts()
-	type change struct {
-		cluster, node, msg string
+	type derived struct {
+		cn           *cachedNode
+		was, cond    kedgev1.NodeCondition
+		reason       string
+		cluster, msg string
 	}
-	var changed []change
+	var changed []derived
 	counts := map[string]map[string]int{}
-	s.mu.Lock()
+	s.mu.RLock()
 	for _, cn := range s.nodes {
 		if cn.node.State != kedgev1.NodeState_NODE_STATE_ENROLLED {
 			continue
@@ -343,31 +344,52 @@ func (s *Server) tick(ctx context.Context) {
 			counts[cluster] = map[string]int{}
 		}
 		counts[cluster][conditionLabel(cond)]++
-		if cond != cn.condition {
-			if cn.condition != kedgev1.NodeCondition_NODE_CONDITION_UNSPECIFIED || cond != kedgev1.NodeCondition_NODE_CONDITION_PROVISIONING {
-				changed = append(changed, change{cluster, cn.node.Name, fmt.Sprintf("node %s is %s: %s", cn.node.Name, conditionLabel(cond), reason)})
+		if cond != cn.condition || reason != cn.reason {
+			d := derived{cn: cn, was: cn.condition, cond: cond, reason: reason, cluster: cluster}
+			// The first derivation of a fresh node is not news.
+			if cond != cn.condition && (cn.condition != kedgev1.NodeCondition_NODE_CONDITION_UNSPECIFIED || cond != kedgev1.NodeCondition_NODE_CONDITION_PROVISIONING) {
+				d.msg = fmt.Sprintf("node %s is %s: %s", cn.node.Name, conditionLabel(cond), reason)
 			}
-			cn.condition, cn.reason = cond, reason
-			s.dirty[cluster] = true
-		} else {
-			cn.reason = reason
+			changed = append(changed, d)
 		}
 	}
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	s.cfg.Metrics.SetNodes(counts)
-	for _, c := range changed {
-		s.event(kedgev1.EventType_EVENT_TYPE_NODE_CONDITION, c.cluster, c.node, c.msg)
+	if len(changed) == 0 {
+		return
 	}
-	if len(changed) > 0 {
+	replan := false
+	s.mu.Lock()
+	for i, d := range changed {
+		if d.cn.condition != d.was {
+			changed[i].msg = "" // someone else updated it meanwhile
+			continue
+		}
+		if d.cond != d.was {
+			s.dirty[d.cluster] = true
+			replan = true
+		}
+		d.cn.condition, d.cn.reason = d.cond, d.reason
+	}
+	s.mu.Unlock()
+	for _, d := range changed {
+		if d.msg != "" {
+			s.event(kedgev1.EventType_EVENT_TYPE_NODE_CONDITION, d.cluster, d.cn.node.Name, d.msg)
+		}
+	}
+	if replan {
 		s.kick()
 	}
 }
 
-// deriveLocked derives cn's condition. Caller holds s.mu.
+// deriveLocked derives cn's condition. Caller holds s.mu (read or write).
+// health reads only these fields, so no deep copy of the record is needed;
+// the previous condition lets it hold Degraded rather than flap.
 func (s *Server) deriveLocked(cn *cachedNode, opts health.Options) (kedgev1.NodeCondition, string) {
-	n := proto.Clone(cn.node).(*kedgev1.Node)
-	n.Status = cn.status
-	n.LastSeen = timestamppbOrNil(cn.lastSeen)
+	n := &kedgev1.Node{
+		Name: cn.node.Name, Cluster: cn.node.Cluster, State: cn.node.State, Roles: cn.node.Roles,
+		EnrolledAt: cn.node.EnrolledAt, Status: cn.status, LastSeen: timestamppbOrNil(cn.lastSeen), Condition: cn.condition,
+	}
 	var p *kedgev1.Plan
 	if cp := s.plans[n.Name]; cp != nil {
 		p = cp.plan

@@ -186,6 +186,13 @@ func (s *Server) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Plans are handed to putPlan after the cache is loaded, so streams
+	// open across a reload get what changed while the watch was down.
+	defer func() {
+		for i, p := range plans {
+			s.putPlan(p, pe[i].ModRevision)
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, j := range joins {
@@ -193,18 +200,22 @@ func (s *Server) load(ctx context.Context) error {
 	}
 	for i, n := range nodes {
 		n.EnrollSequence = uint64(ne[i].CreateRevision)
+		if cn := s.nodes[n.Name]; cn != nil {
+			// A reload keeps what only memory knows (heartbeats, the latest
+			// status, conditions): RPCs may have arrived since the last load.
+			if ne[i].ModRevision > cn.modRevision {
+				cn.node, cn.modRevision = n, ne[i].ModRevision
+			}
+			continue
+		}
 		// After a restart nobody has been heard from yet; count the restart
 		// as "seen" so nodes get a full silence period to reconnect.
 		s.nodes[n.Name] = &cachedNode{node: n, modRevision: ne[i].ModRevision, lastSeen: s.started}
 	}
 	for i, st := range statuses {
-		if cn := s.nodes[strings.TrimPrefix(se[i].Key, store.Statuses)]; cn != nil {
+		if cn := s.nodes[strings.TrimPrefix(se[i].Key, store.Statuses)]; cn != nil && cn.status == nil {
 			cn.status = st
 		}
-	}
-	for i, p := range plans {
-		p.Revision = uint64(pe[i].ModRevision)
-		s.plans[p.NodeName] = &cachedPlan{plan: p, modRevision: pe[i].ModRevision}
 	}
 	for i, sp := range specs {
 		s.specs[strings.TrimPrefix(spe[i].Key, store.Specs)] = sp
@@ -224,12 +235,15 @@ func (s *Server) load(ctx context.Context) error {
 func (s *Server) Run(ctx context.Context) error {
 	defer s.stopOnce.Do(func() { close(s.stopped) })
 	rev, err := s.store.Revision(ctx)
-	if err != nil {
-		return err
+	if err == nil {
+		// State may have changed between load and now; reload once so the
+		// watch from rev+1 misses nothing.
+		err = s.load(ctx)
 	}
-	// State may have changed between load and now; reload once so the watch
-	// from rev+1 misses nothing.
-	if err := s.load(ctx); err != nil {
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: not a failure
+		}
 		return err
 	}
 	go s.planLoop(ctx)
