@@ -308,7 +308,12 @@ func (a *Agent) enroll(ctx context.Context) (*enroll.Identity, error) {
 				a.contact(addr)
 				a.refused(statusfile.Refused, err.Error())
 			default:
-				a.refused(statusfile.NotEnrolled, "coordinator unreachable: "+err.Error())
+				switch status.Code(err) {
+				case codes.Unavailable, codes.DeadlineExceeded, codes.Unknown:
+					a.refused(statusfile.NotEnrolled, "coordinator unreachable: "+err.Error())
+				default: // e.g. ResourceExhausted: too many failed attempts from here
+					a.refused(statusfile.NotEnrolled, "enrollment failed: "+errText(err))
+				}
 				wait = unreachable.Next
 			}
 		}
