@@ -171,6 +171,21 @@ func TestRefusedTokens(t *testing.T) {
 			t.Errorf("refusal record %v", r)
 		}
 	}
+	// Guessing from one address is slowed down: soon every attempt, even
+	// with a good token, is turned away until the address calms down.
+	limited := false
+	for range 20 {
+		if _, err := enroll(ctx, env, t, "abcdef.0123456789abcdef", facts(9)); status.Code(err) == codes.ResourceExhausted {
+			limited = true
+			break
+		}
+	}
+	if !limited {
+		t.Error("20 failed enrollments from one address were never rate-limited")
+	}
+	if _, err := enroll(ctx, env, t, env.Token(t, "c"), facts(10)); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("good token from a limited address: %v; want ResourceExhausted", err)
+	}
 }
 
 func refusedWith(err error, msg string) bool {
