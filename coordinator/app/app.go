@@ -14,6 +14,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -325,6 +326,11 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	serving, err := tls.LoadX509KeyPair(filepath.Join(o.DataDir, ServingCertFile), filepath.Join(o.DataDir, ServingKeyFile))
 	if err != nil {
 		return fmt.Errorf("serving cert in %s: %w", o.DataDir, err)
+	}
+	// Present the chain up to the CA: a node has no CA yet, only its pin, and
+	// checks the pin against the CA it is shown before it sends anything.
+	if last := serving.Certificate[len(serving.Certificate)-1]; !bytes.Equal(last, ca.Cert.Raw) {
+		serving.Certificate = append(serving.Certificate, ca.Cert.Raw)
 	}
 	var addresses []string
 	if data, err := os.ReadFile(filepath.Join(o.DataDir, AddressesFile)); err == nil {

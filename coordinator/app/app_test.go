@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kedge-io/kedge/coordinator/adminconfig"
+	"github.com/kedge-io/kedge/coordinator/pki"
 )
 
 func TestInitPrintsPinAndTokenAndRefusesTwice(t *testing.T) {
@@ -109,12 +111,28 @@ spec:
 		done <- Serve(ctx, ServeOptions{DataDir: dir, Listen: "127.0.0.1:0", SpecFile: good, MetricsListen: metricsAddr,
 			Ready: func(a net.Addr) { ready <- a }})
 	}()
+	var addr net.Addr
 	select {
-	case <-ready:
+	case addr = <-ready:
 	case err := <-done:
 		t.Fatalf("serve: %v", err)
 	case <-time.After(60 * time.Second):
 		t.Fatal("serve not ready")
+	}
+	// A node holds only the CA pin: the handshake must show it the CA.
+	conn, err := tls.Dial("tcp", addr.String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := conn.ConnectionState().PeerCertificates
+	conn.Close()
+	caPEM, _ := os.ReadFile(filepath.Join(dir, CACertFile))
+	ca, err := pki.DecodeCertPEM(caPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chain) != 2 || pki.Pin(chain[1]) != pki.Pin(ca) {
+		t.Errorf("serving chain has %d certs; want the serving cert followed by the CA whose pin nodes hold", len(chain))
 	}
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
