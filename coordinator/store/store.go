@@ -39,7 +39,6 @@ const (
 	Statuses    = "status/"
 	Kubeconfigs = "kubeconfigs/"
 	Artifacts   = "artifacts/"
-	CoordCerts  = "coordcerts/"
 	// Seen holds, per coordinator, when it last heard from each of its nodes.
 	Seen = "seen/"
 	// EtcdJoins holds, per node, the member list an etcd member added to a
