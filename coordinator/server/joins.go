@@ -91,13 +91,8 @@ func (s *Server) join(ctx context.Context, cluster, node, ip string, endpoints [
 	s.event(kedgev1.EventType_EVENT_TYPE_PLAN_RELEASED, cluster, node, fmt.Sprintf("node %s added to the running etcd of %s as a learner", node, cluster))
 	// Promote once it has caught up; the node starts etcd when its plan arrives.
 	go func() {
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Minute)
+		pctx, cancel := context.WithTimeout(s.life, 30*time.Minute)
 		defer cancel()
-		select {
-		case <-s.stopped:
-			return
-		default:
-		}
 		if err := c.PromoteWhenReady(pctx, node); err != nil {
 			s.log.Warn("promote etcd learner", "node", node, "err", err)
 			return

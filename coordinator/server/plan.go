@@ -130,7 +130,7 @@ func (s *Server) replan(ctx context.Context, cluster string, override *kedgev1.C
 	if !dryRun {
 		for name, p := range out.Plans {
 			if planner.NeedsJoin(p) {
-				s.startJoin(context.WithoutCancel(ctx), cluster, name, previous)
+				s.startJoin(s.life, cluster, name, previous)
 			}
 		}
 	}

@@ -90,6 +90,9 @@ type Server struct {
 	// graceful stop does not wait on them.
 	stopped  chan struct{}
 	stopOnce sync.Once
+	// life ends when Run returns: background work (etcd joins) uses it.
+	life    context.Context
+	endLife context.CancelFunc
 	// id names this coordinator process in the store's seen/ records.
 	id string
 	// lastShared is when shareSeen last ran; only the Run goroutine uses it.
@@ -145,6 +148,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		kickCh: make(chan struct{}, 1), etcdCAs: map[string]*pki.CA{}, clients: map[string]tls.Certificate{},
 		events: newEventLog(1000), stopped: make(chan struct{}), id: randomHex(8),
 	}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	if cfg.DataDir != "" {
 		if err := os.MkdirAll(filepath.Join(cfg.DataDir, "artifacts"), 0o700); err != nil {
 			return nil, fmt.Errorf("create artifacts dir: %w", err)
@@ -233,7 +237,7 @@ func (s *Server) load(ctx context.Context) error {
 
 // Run watches the store and re-derives conditions until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	defer s.stopOnce.Do(func() { close(s.stopped) })
+	defer s.stopOnce.Do(func() { close(s.stopped); s.endLife() })
 	rev, err := s.store.Revision(ctx)
 	if err == nil {
 		// State may have changed between load and now; reload once so the
