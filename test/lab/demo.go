@@ -132,7 +132,7 @@ func up(out io.Writer) (err error) {
 	}
 	printAccess(out, l)
 	<-ctx.Done()
-	fmt.Fprintln(out, "\nCtrl-C: tearing the lab down")
+	fmt.Fprintln(out, "\nstopping: tearing the lab down")
 	return nil
 }
 
