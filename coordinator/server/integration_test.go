@@ -17,6 +17,7 @@ import (
 
 	"github.com/kedge-io/kedge/coordinator/coordtest"
 	"github.com/kedge-io/kedge/coordinator/pki"
+	"github.com/kedge-io/kedge/coordinator/server"
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
@@ -600,5 +601,50 @@ func TestRemoveEtcdNode(t *testing.T) {
 	}
 	if got, _ := env.Admin.GetNode(ctx, &kedgev1.GetNodeRequest{Name: member.Name}); got.GetNode().GetState() != kedgev1.NodeState_NODE_STATE_REMOVED {
 		t.Errorf("after forced removal: %v", got.GetNode().GetState())
+	}
+}
+
+// A node whose connection breaks (a power cut, seen by keepalive) is
+// Unreachable after connectionLostGrace, long before its silence period.
+func TestLostConnectionMakesNodeUnreachableBeforeSilencePeriod(t *testing.T) {
+	env := coordtest.Start(t)
+	env.UnreachableAfter = 10 * time.Minute
+	env.Restart(t)
+	ctx := testCtx(t)
+	env.ApplySpec(t, stackedSpec)
+	node := env.EnrollNode(t, facts(1))
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	stream, err := node.Client.WatchPlan(watchCtx, &kedgev1.WatchPlanRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.Client.ReportStatus(ctx, &kedgev1.ReportStatusRequest{Status: &kedgev1.NodeStatus{AgentVersion: "test"}}); err != nil {
+		t.Fatal(err)
+	}
+	stopWatch()
+	node.Conn.Close()
+	lost := time.Now()
+	for {
+		got, err := env.Admin.GetNode(ctx, &kedgev1.GetNodeRequest{Name: node.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Node.Condition == kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE {
+			if !strings.Contains(got.Node.ConditionReason, "connection lost") {
+				t.Errorf("reason %q; want it to say the connection was lost", got.Node.ConditionReason)
+			}
+			if since := time.Since(lost); since < server.ConnectionLostGrace {
+				t.Errorf("Unreachable after %s, before the %s grace for an agent restart", since, server.ConnectionLostGrace)
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("node still %s %s after its connection was lost", got.Node.Condition, time.Since(lost).Round(time.Second))
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }

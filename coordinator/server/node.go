@@ -64,6 +64,9 @@ func (n *nodeService) WatchPlan(req *kedgev1.WatchPlanRequest, stream kedgev1.No
 		s.subs[name] = map[*planSub]struct{}{}
 	}
 	s.subs[name][sub] = struct{}{}
+	if cn := s.nodes[name]; cn != nil {
+		cn.lostAt = time.Time{}
+	}
 	var current *kedgev1.Plan
 	if cp := s.plans[name]; cp != nil {
 		current = cp.plan
@@ -75,6 +78,11 @@ func (n *nodeService) WatchPlan(req *kedgev1.WatchPlanRequest, stream kedgev1.No
 		delete(s.subs[name], sub)
 		if len(s.subs[name]) == 0 {
 			delete(s.subs, name)
+			// The stream ended because the peer went away (not because this
+			// coordinator is stopping): remember when, for the tick.
+			if cn := s.nodes[name]; cn != nil && stream.Context().Err() != nil && !isClosed(s.stopped) {
+				cn.lostAt = s.now()
+			}
 		}
 		s.mu.Unlock()
 		s.cfg.Metrics.Streams(-1)
@@ -302,4 +310,14 @@ func (n *nodeService) UploadKubeconfig(ctx context.Context, req *kedgev1.UploadK
 
 func (n *nodeService) FetchArtifact(req *kedgev1.FetchArtifactRequest, stream kedgev1.NodeService_FetchArtifactServer) error {
 	return n.s.streamArtifact(stream.Context(), req.Name, req.Version, stream.Send)
+}
+
+// isClosed reports whether ch is closed, without blocking.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

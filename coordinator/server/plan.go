@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -394,7 +395,33 @@ func (s *Server) deriveLocked(cn *cachedNode, opts health.Options) (kedgev1.Node
 	if cp := s.plans[n.Name]; cp != nil {
 		p = cp.plan
 	}
-	return health.NodeCondition(n, p, opts)
+	cond, reason := health.NodeCondition(n, p, opts)
+	if lost := s.connectionLostLocked(cn, opts.Now); lost != "" && cond != kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE {
+		return kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE, lost
+	}
+	return cond, reason
+}
+
+// connectionLostGrace is how long a node may be without a watch stream
+// before a lost connection makes it Unreachable: longer than an agent
+// restart (systemd's RestartSec=5s plus start-up), so restarting or
+// upgrading an agent does not move the agents of a K3s server.
+const connectionLostGrace = 8 * time.Second
+
+// connectionLostLocked says why cn counts as Unreachable before its silence
+// period ends: its connection to this coordinator broke, it has not come
+// back for connectionLostGrace, and no coordinator has heard from it since.
+// Empty otherwise. Caller holds s.mu.
+func (s *Server) connectionLostLocked(cn *cachedNode, now time.Time) string {
+	if cn.lostAt.IsZero() || len(s.subs[cn.node.Name]) > 0 || cn.lastSeen.After(cn.lostAt) {
+		return ""
+	}
+	gone := now.Sub(cn.lostAt)
+	if gone < connectionLostGrace {
+		return ""
+	}
+	return fmt.Sprintf("connection lost %s ago and not re-established; last report %s ago",
+		gone.Round(time.Second), now.Sub(cn.lastSeen).Round(time.Second))
 }
 
 func conditionLabel(c kedgev1.NodeCondition) string {

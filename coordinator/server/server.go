@@ -109,6 +109,10 @@ type cachedNode struct {
 	heardLocally time.Time
 	condition    kedgev1.NodeCondition
 	reason       string
+	// lostAt is when the node's last WatchPlan stream on this coordinator
+	// ended with its connection (a power cut is seen by keepalive within
+	// ~16 s); zero while a stream is open or none ever was.
+	lostAt time.Time
 }
 
 type cachedPlan struct {

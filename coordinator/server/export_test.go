@@ -1,0 +1,4 @@
+package server
+
+// ConnectionLostGrace exposes connectionLostGrace to the external tests.
+const ConnectionLostGrace = connectionLostGrace
