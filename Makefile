@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/kedge-io/kedge/internal/version.Version=$(VERSION)
 export CGO_ENABLED := 0
 
-.PHONY: help build generate check-generated lint test unit e2e demo demo-down bench clean
+.PHONY: help build generate check-generated lint test unit e2e lab-deps demo demo-down bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,19 +31,22 @@ lint: check-generated ## buf lint, gofmt, go vet
 unit: ## unit and in-process integration tests (no root needed)
 	$(GO) test -count=1 ./...
 
-e2e: build ## the NUC lab tests (root: systemd-nspawn, network namespaces)
+e2e: lab-deps build ## the NUC lab tests (root: systemd-nspawn, network namespaces)
 	KEDGE_LAB_PREBUILT=1 $(GO) test -tags e2e -count=1 -timeout 40m -v ./test/e2e/...
 
 test: unit e2e ## every test, the lab included
 
 LAB_PACKAGES := systemd-container debootstrap iproute2 etcd-client
 
-demo: ## boot a coordinator and 5 NUCs into an HA cluster (root; installs the Debian packages it needs)
+# The lab's Debian packages, installed when missing and run as root (the lab
+# itself says which apt-get command to run otherwise).
+lab-deps:
 	@if [ "$$(id -u)" = 0 ] && ! dpkg -s $(LAB_PACKAGES) >/dev/null 2>&1; then \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get install -y $(LAB_PACKAGES) || { apt-get update && apt-get install -y $(LAB_PACKAGES); }; \
 	fi
-	$(MAKE) build
+
+demo: lab-deps build ## boot a coordinator and 5 NUCs into an HA cluster (root; installs the Debian packages it needs)
 	$(GO) build -trimpath -o $(BIN)/kedge-lab ./test/lab/cmd/kedge-lab
 	KEDGE_LAB_PREBUILT=1 ./$(BIN)/kedge-lab up
 

@@ -69,9 +69,6 @@ func (l *Lab) startCoordinator() (*Coordinator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kedge-coordinator init failed (%v); see %s:\n%s", err, c.LogPath, c.logTail(15))
 	}
-	if err := c.presentCAInChain(); err != nil {
-		return nil, err
-	}
 	cfg, err := adminconfig.Load(c.AdminConfig)
 	if err != nil {
 		return nil, err
@@ -90,28 +87,6 @@ func (l *Lab) startCoordinator() (*Coordinator, error) {
 	c.Admin = kedgev1.NewAdminServiceClient(c.conn)
 	l.state.update(func(s *State) { s.CoordinatorNetns, s.AdminConfig = c.Netns, c.AdminConfig })
 	return c, c.start()
-}
-
-// presentCAInChain works around a kedge bug the lab found: the coordinator
-// serves its leaf cert alone while the node agent accepts the pinned CA only
-// from the presented chain, so no node can enroll. Until the coordinator
-// serves leaf+CA itself, the lab appends the CA to DATA_DIR/serving.crt and
-// says so; once fixed, this does nothing.
-func (c *Coordinator) presentCAInChain() error {
-	servingPath := filepath.Join(c.DataDir, "serving.crt")
-	serving, err := os.ReadFile(servingPath)
-	if err != nil {
-		return err
-	}
-	if bytes.Count(serving, []byte("BEGIN CERTIFICATE")) > 1 {
-		return nil
-	}
-	ca, err := os.ReadFile(filepath.Join(c.DataDir, "ca.crt"))
-	if err != nil {
-		return err
-	}
-	c.lab.t.Logf("WORKAROUND (kedge bug): the coordinator's serving.crt has no CA, which the node agent's pin check needs; appending ca.crt to it")
-	return os.WriteFile(servingPath, append(serving, ca...), 0o644)
 }
 
 // Start starts the coordinator again after Stop (same data dir).
