@@ -36,11 +36,28 @@ import (
 // DefaultUnreachableAfter is how long a node may be silent before it is Unreachable.
 const DefaultUnreachableAfter = 30 * time.Second
 
+// DefaultConnectionLostGrace is how long a node may be without a connection
+// to the coordinator before it is Unreachable: longer than an agent restart
+// (systemd's RestartSec=5s plus start-up), so restarting or upgrading an agent
+// does not count, and far shorter than the silence period, so a power cut is
+// reported within ~25 s (keepalive finds the dead connection in ~16 s).
+const DefaultConnectionLostGrace = 8 * time.Second
+
 // Options tune the derivation.
 type Options struct {
 	Now time.Time
 	// A node silent for longer is Unreachable; default 30 s.
 	UnreachableAfter time.Duration
+	// A node whose connection broke (Node.connection_lost_at) and that has
+	// not reported since is Unreachable after this; default 8 s.
+	ConnectionLostGrace time.Duration
+}
+
+func (o Options) connectionLostGrace() time.Duration {
+	if o.ConnectionLostGrace <= 0 {
+		return DefaultConnectionLostGrace
+	}
+	return o.ConnectionLostGrace
 }
 
 func (o Options) now() time.Time {
@@ -93,6 +110,11 @@ func NodeCondition(n *kedgev1.Node, plan *kedgev1.Plan, opts Options) (kedgev1.N
 	} else if ea := n.GetEnrolledAt(); ea != nil {
 		if quiet := now.Sub(ea.AsTime()); quiet > silence {
 			return unreachable, fmt.Sprintf("no report since enrolling %s ago (unreachable after %s)", round(quiet), silence)
+		}
+	}
+	if lost := n.GetConnectionLostAt(); lost != nil && !n.GetLastSeen().AsTime().After(lost.AsTime()) {
+		if gone := now.Sub(lost.AsTime()); gone >= opts.connectionLostGrace() {
+			return unreachable, fmt.Sprintf("connection lost %s ago and not re-established", round(gone))
 		}
 	}
 	if plan == nil {

@@ -60,6 +60,15 @@ func TestNodeCondition(t *testing.T) {
 			n.LastSeen, n.Status = nil, nil
 			n.EnrolledAt = timestamppb.New(t0.Add(-2 * time.Second))
 		}, stackedPlan, provisioning, "waiting for the node's first report"},
+		{"connection lost 9s ago", func(n *kedgev1.Node) {
+			n.LastSeen, n.ConnectionLostAt = timestamppb.New(t0.Add(-12*time.Second)), timestamppb.New(t0.Add(-9*time.Second))
+		}, stackedPlan, unreachable, "connection lost 9s ago and not re-established"},
+		{"connection lost 3s ago: an agent restart", func(n *kedgev1.Node) {
+			n.LastSeen, n.ConnectionLostAt = timestamppb.New(t0.Add(-12*time.Second)), timestamppb.New(t0.Add(-3*time.Second))
+		}, stackedPlan, ready, "kedge-etcd.service, k3s.service active"},
+		{"connection lost but reported since (through another coordinator)", func(n *kedgev1.Node) {
+			n.ConnectionLostAt = timestamppb.New(t0.Add(-20 * time.Second))
+		}, stackedPlan, ready, "kedge-etcd.service, k3s.service active"},
 		{"no plan", nil, nil, provisioning, "no plan yet"},
 		{"waiting plan", nil, &kedgev1.Plan{Roles: etcdServer, Hash: "h1", Waiting: "waiting for 2 of 3 etcd members to enroll"},
 			provisioning, "waiting for 2 of 3 etcd members to enroll"},

@@ -16,8 +16,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kedge-io/kedge/coordinator/coordtest"
+	"github.com/kedge-io/kedge/coordinator/health"
 	"github.com/kedge-io/kedge/coordinator/pki"
-	"github.com/kedge-io/kedge/coordinator/server"
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
@@ -636,8 +636,8 @@ func TestLostConnectionMakesNodeUnreachableBeforeSilencePeriod(t *testing.T) {
 			if !strings.Contains(got.Node.ConditionReason, "connection lost") {
 				t.Errorf("reason %q; want it to say the connection was lost", got.Node.ConditionReason)
 			}
-			if since := time.Since(lost); since < server.ConnectionLostGrace {
-				t.Errorf("Unreachable after %s, before the %s grace for an agent restart", since, server.ConnectionLostGrace)
+			if since := time.Since(lost); since < health.DefaultConnectionLostGrace {
+				t.Errorf("Unreachable after %s, before the %s grace for an agent restart", since, health.DefaultConnectionLostGrace)
 			}
 			return
 		}

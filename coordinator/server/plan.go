@@ -9,9 +9,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kedge-io/kedge/coordinator/health"
@@ -78,6 +78,7 @@ func (s *Server) decorateLocked(cn *cachedNode) *kedgev1.Node {
 	n := proto.Clone(cn.node).(*kedgev1.Node)
 	n.Status = cn.status
 	n.LastSeen = timestamppbOrNil(cn.lastSeen)
+	n.ConnectionLostAt = s.connectionLostAtLocked(cn)
 	if cp := s.plans[n.Name]; cp != nil {
 		n.PlanHash, n.PlanRevision = cp.plan.Hash, cp.plan.Revision
 	}
@@ -390,40 +391,24 @@ func (s *Server) deriveLocked(cn *cachedNode, opts health.Options) (kedgev1.Node
 	n := &kedgev1.Node{
 		Name: cn.node.Name, Cluster: cn.node.Cluster, State: cn.node.State, Roles: cn.node.Roles,
 		EnrolledAt: cn.node.EnrolledAt, Status: cn.status, LastSeen: timestamppbOrNil(cn.lastSeen), Condition: cn.condition,
+		ConnectionLostAt: s.connectionLostAtLocked(cn),
 	}
 	var p *kedgev1.Plan
 	if cp := s.plans[n.Name]; cp != nil {
 		p = cp.plan
 	}
-	cond, reason := health.NodeCondition(n, p, opts)
-	if lost := s.connectionLostLocked(cn, opts.Now); lost != "" && cond != kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE {
-		return kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE, lost
-	}
-	return cond, reason
-}
-
-// connectionLostGrace is how long a node may be without a watch stream
-// before a lost connection makes it Unreachable: longer than an agent
-// restart (systemd's RestartSec=5s plus start-up), so restarting or
-// upgrading an agent does not move the agents of a K3s server.
-const connectionLostGrace = 8 * time.Second
-
-// connectionLostLocked says why cn counts as Unreachable before its silence
-// period ends: its connection to this coordinator broke, it has not come
-// back for connectionLostGrace, and no coordinator has heard from it since.
-// Empty otherwise. Caller holds s.mu.
-func (s *Server) connectionLostLocked(cn *cachedNode, now time.Time) string {
-	if cn.lostAt.IsZero() || len(s.subs[cn.node.Name]) > 0 || cn.lastSeen.After(cn.lostAt) {
-		return ""
-	}
-	gone := now.Sub(cn.lostAt)
-	if gone < connectionLostGrace {
-		return ""
-	}
-	return fmt.Sprintf("connection lost %s ago and not re-established; last report %s ago",
-		gone.Round(time.Second), now.Sub(cn.lastSeen).Round(time.Second))
+	return health.NodeCondition(n, p, opts)
 }
 
 func conditionLabel(c kedgev1.NodeCondition) string {
 	return strings.ToLower(strings.TrimPrefix(c.String(), "NODE_CONDITION_"))
+}
+
+// connectionLostAtLocked is when cn's connection to this coordinator broke,
+// or nil while it has a watch stream open (or never had one). Caller holds s.mu.
+func (s *Server) connectionLostAtLocked(cn *cachedNode) *timestamppb.Timestamp {
+	if len(s.subs[cn.node.Name]) > 0 {
+		return nil
+	}
+	return timestamppbOrNil(cn.lostAt)
 }

@@ -514,8 +514,11 @@ type Node struct {
 	// Fingerprint of the identity public key (sha256 hex of SPKI); re-enrollment
 	// with the same facts may present a new key.
 	IdentityKeySha256 string `protobuf:"bytes,19,opt,name=identity_key_sha256,json=identityKeySha256,proto3" json:"identity_key_sha256,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Filled on reads: when the node's connection to the coordinator broke
+	// (its plan watch ended and was not re-established); unset while connected.
+	ConnectionLostAt *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=connection_lost_at,json=connectionLostAt,proto3" json:"connection_lost_at,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -679,6 +682,13 @@ func (x *Node) GetIdentityKeySha256() string {
 		return x.IdentityKeySha256
 	}
 	return ""
+}
+
+func (x *Node) GetConnectionLostAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConnectionLostAt
+	}
+	return nil
 }
 
 // EtcdMember is one member of a cluster's etcd.
@@ -2592,7 +2602,7 @@ const file_kedge_v1_types_proto_rawDesc = "" +
 	"\x06labels\x18\t \x03(\v2\".kedge.v1.MachineFacts.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbe\x06\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\a\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12)\n" +
@@ -2614,7 +2624,8 @@ const file_kedge_v1_types_proto_rawDesc = "" +
 	"\tplan_hash\x18\x10 \x01(\tR\bplanHash\x12#\n" +
 	"\rplan_revision\x18\x11 \x01(\x04R\fplanRevision\x122\n" +
 	"\x06labels\x18\x12 \x03(\v2\x1a.kedge.v1.Node.LabelsEntryR\x06labels\x12.\n" +
-	"\x13identity_key_sha256\x18\x13 \x01(\tR\x11identityKeySha256\x1a9\n" +
+	"\x13identity_key_sha256\x18\x13 \x01(\tR\x11identityKeySha256\x12H\n" +
+	"\x12connection_lost_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x10connectionLostAt\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
@@ -2909,44 +2920,45 @@ var file_kedge_v1_types_proto_depIdxs = []int32{
 	3,  // 6: kedge.v1.Node.condition:type_name -> kedge.v1.NodeCondition
 	32, // 7: kedge.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
 	30, // 8: kedge.v1.Node.labels:type_name -> kedge.v1.Node.LabelsEntry
-	8,  // 9: kedge.v1.EtcdPlan.initial_cluster:type_name -> kedge.v1.EtcdMember
-	0,  // 10: kedge.v1.K3sPlan.role:type_name -> kedge.v1.Role
-	10, // 11: kedge.v1.K3sPlan.binary:type_name -> kedge.v1.K3sBinary
-	33, // 12: kedge.v1.K3sPlan.extra_config:type_name -> google.protobuf.Struct
-	0,  // 13: kedge.v1.Plan.roles:type_name -> kedge.v1.Role
-	9,  // 14: kedge.v1.Plan.etcd:type_name -> kedge.v1.EtcdPlan
-	11, // 15: kedge.v1.Plan.k3s:type_name -> kedge.v1.K3sPlan
-	32, // 16: kedge.v1.UnitStatus.since:type_name -> google.protobuf.Timestamp
-	32, // 17: kedge.v1.CertificateExpiry.not_after:type_name -> google.protobuf.Timestamp
-	13, // 18: kedge.v1.NodeStatus.units:type_name -> kedge.v1.UnitStatus
-	14, // 19: kedge.v1.NodeStatus.etcd:type_name -> kedge.v1.EtcdMemberStatus
-	15, // 20: kedge.v1.NodeStatus.k3s:type_name -> kedge.v1.K3sStatus
-	16, // 21: kedge.v1.NodeStatus.certificates:type_name -> kedge.v1.CertificateExpiry
-	32, // 22: kedge.v1.NodeStatus.observed_at:type_name -> google.protobuf.Timestamp
-	32, // 23: kedge.v1.BootstrapToken.expires_at:type_name -> google.protobuf.Timestamp
-	32, // 24: kedge.v1.BootstrapToken.created_at:type_name -> google.protobuf.Timestamp
-	18, // 25: kedge.v1.StoredToken.token:type_name -> kedge.v1.BootstrapToken
-	32, // 26: kedge.v1.RefusedEnrollment.at:type_name -> google.protobuf.Timestamp
-	4,  // 27: kedge.v1.ClusterStatus.phase:type_name -> kedge.v1.ClusterPhase
-	21, // 28: kedge.v1.ClusterStatus.etcd:type_name -> kedge.v1.EtcdQuorum
-	7,  // 29: kedge.v1.ClusterStatus.nodes:type_name -> kedge.v1.Node
-	32, // 30: kedge.v1.ClusterStatus.observed_at:type_name -> google.protobuf.Timestamp
-	0,  // 31: kedge.v1.InventoryPin.roles:type_name -> kedge.v1.Role
-	31, // 32: kedge.v1.InventoryPin.labels:type_name -> kedge.v1.InventoryPin.LabelsEntry
-	10, // 33: kedge.v1.K3sSpec.binary:type_name -> kedge.v1.K3sBinary
-	33, // 34: kedge.v1.K3sSpec.server_config:type_name -> google.protobuf.Struct
-	33, // 35: kedge.v1.K3sSpec.agent_config:type_name -> google.protobuf.Struct
-	1,  // 36: kedge.v1.ClusterSpec.topology:type_name -> kedge.v1.Topology
-	24, // 37: kedge.v1.ClusterSpec.etcd:type_name -> kedge.v1.EtcdSpec
-	25, // 38: kedge.v1.ClusterSpec.k3s:type_name -> kedge.v1.K3sSpec
-	23, // 39: kedge.v1.ClusterSpec.inventory:type_name -> kedge.v1.InventoryPin
-	32, // 40: kedge.v1.Event.at:type_name -> google.protobuf.Timestamp
-	5,  // 41: kedge.v1.Event.type:type_name -> kedge.v1.EventType
-	42, // [42:42] is the sub-list for method output_type
-	42, // [42:42] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	32, // 9: kedge.v1.Node.connection_lost_at:type_name -> google.protobuf.Timestamp
+	8,  // 10: kedge.v1.EtcdPlan.initial_cluster:type_name -> kedge.v1.EtcdMember
+	0,  // 11: kedge.v1.K3sPlan.role:type_name -> kedge.v1.Role
+	10, // 12: kedge.v1.K3sPlan.binary:type_name -> kedge.v1.K3sBinary
+	33, // 13: kedge.v1.K3sPlan.extra_config:type_name -> google.protobuf.Struct
+	0,  // 14: kedge.v1.Plan.roles:type_name -> kedge.v1.Role
+	9,  // 15: kedge.v1.Plan.etcd:type_name -> kedge.v1.EtcdPlan
+	11, // 16: kedge.v1.Plan.k3s:type_name -> kedge.v1.K3sPlan
+	32, // 17: kedge.v1.UnitStatus.since:type_name -> google.protobuf.Timestamp
+	32, // 18: kedge.v1.CertificateExpiry.not_after:type_name -> google.protobuf.Timestamp
+	13, // 19: kedge.v1.NodeStatus.units:type_name -> kedge.v1.UnitStatus
+	14, // 20: kedge.v1.NodeStatus.etcd:type_name -> kedge.v1.EtcdMemberStatus
+	15, // 21: kedge.v1.NodeStatus.k3s:type_name -> kedge.v1.K3sStatus
+	16, // 22: kedge.v1.NodeStatus.certificates:type_name -> kedge.v1.CertificateExpiry
+	32, // 23: kedge.v1.NodeStatus.observed_at:type_name -> google.protobuf.Timestamp
+	32, // 24: kedge.v1.BootstrapToken.expires_at:type_name -> google.protobuf.Timestamp
+	32, // 25: kedge.v1.BootstrapToken.created_at:type_name -> google.protobuf.Timestamp
+	18, // 26: kedge.v1.StoredToken.token:type_name -> kedge.v1.BootstrapToken
+	32, // 27: kedge.v1.RefusedEnrollment.at:type_name -> google.protobuf.Timestamp
+	4,  // 28: kedge.v1.ClusterStatus.phase:type_name -> kedge.v1.ClusterPhase
+	21, // 29: kedge.v1.ClusterStatus.etcd:type_name -> kedge.v1.EtcdQuorum
+	7,  // 30: kedge.v1.ClusterStatus.nodes:type_name -> kedge.v1.Node
+	32, // 31: kedge.v1.ClusterStatus.observed_at:type_name -> google.protobuf.Timestamp
+	0,  // 32: kedge.v1.InventoryPin.roles:type_name -> kedge.v1.Role
+	31, // 33: kedge.v1.InventoryPin.labels:type_name -> kedge.v1.InventoryPin.LabelsEntry
+	10, // 34: kedge.v1.K3sSpec.binary:type_name -> kedge.v1.K3sBinary
+	33, // 35: kedge.v1.K3sSpec.server_config:type_name -> google.protobuf.Struct
+	33, // 36: kedge.v1.K3sSpec.agent_config:type_name -> google.protobuf.Struct
+	1,  // 37: kedge.v1.ClusterSpec.topology:type_name -> kedge.v1.Topology
+	24, // 38: kedge.v1.ClusterSpec.etcd:type_name -> kedge.v1.EtcdSpec
+	25, // 39: kedge.v1.ClusterSpec.k3s:type_name -> kedge.v1.K3sSpec
+	23, // 40: kedge.v1.ClusterSpec.inventory:type_name -> kedge.v1.InventoryPin
+	32, // 41: kedge.v1.Event.at:type_name -> google.protobuf.Timestamp
+	5,  // 42: kedge.v1.Event.type:type_name -> kedge.v1.EventType
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_kedge_v1_types_proto_init() }

@@ -1,4 +1,0 @@
-package server
-
-// ConnectionLostGrace exposes connectionLostGrace to the external tests.
-const ConnectionLostGrace = connectionLostGrace
