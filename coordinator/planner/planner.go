@@ -38,6 +38,22 @@
 // Non-first servers of the embedded topology join the first server (the one
 // with cluster-init), fixed, so a running server's plan never changes with
 // another's health.
+//
+// Upgrades. The K3s binary (spec.k3s.version and binary) rolls: a node with
+// no stored K3s plan gets the spec's binary at once, but a running node whose
+// stored plan has another binary is upgraded only in turn, because each
+// upgrade restarts k3s and every server restarting at once would take the
+// control plane down. Servers go one at a time in planning order (the same
+// for every topology): a server whose stored plan already has the new binary
+// is in flight until it reports that plan applied (status.plan_hash) and is
+// READY; while one is in flight every other server keeps the binary of its
+// stored plan, so its plan does not change. When none is in flight, the next
+// server by order gets the new binary. A server that never comes back
+// (Unreachable, Degraded) holds the rest: an operator fixes or removes it.
+// Agents are not in the datastore's path and only need a server to register
+// with, so they keep their binary until every K3s server has the new one
+// applied and READY, then all get it at once. A spec changed back mid-way
+// rolls the same way, to the old binary.
 package planner
 
 import (
@@ -157,6 +173,7 @@ func Compute(in Input) Output {
 		endpoints = append(endpoints, e.ClientUrls...)
 	}
 	candidates := healthyServers(servers)
+	bins := k3sBinaries(in, members, servers)
 
 	for _, m := range members {
 		p := &kedgev1.Plan{
@@ -201,6 +218,7 @@ func Compute(in Input) Output {
 		switch {
 		case m.has(kedgev1.Role_ROLE_K3S_SERVER):
 			p.K3S = serverPlan(in, m, servers, endpoints)
+			p.K3S.Binary = bins[m.node.Name]
 		case m.has(kedgev1.Role_ROLE_K3S_AGENT):
 			if waiting != "" {
 				// No server can run before etcd is complete; waiting
@@ -215,6 +233,7 @@ func Compute(in Input) Output {
 			}
 			current := in.Previous[m.node.Name].GetK3S().GetServerUrl()
 			p.K3S = agentPlan(in, m, serverURL(in.Spec, m.node.Name, current, servers, candidates))
+			p.K3S.Binary = bins[m.node.Name]
 		}
 		p.Hash = Hash(p)
 	}
@@ -420,6 +439,63 @@ func binary(s *kedgev1.ClusterSpec) *kedgev1.K3SBinary {
 	}
 	b.Version = s.GetK3S().GetVersion()
 	return b
+}
+
+// k3sBinaries returns each member's K3s binary for a rolling upgrade (see
+// Upgrades in the package doc): the spec's, or, for a node not yet in turn,
+// the one of its stored plan.
+func k3sBinaries(in Input, members, servers []*member) map[string]*kedgev1.K3SBinary {
+	want := binary(in.Spec)
+	stored := func(m *member) *kedgev1.K3SBinary { return in.Previous[m.node.Name].GetK3S().GetBinary() }
+	// applied: m's stored plan has the new binary, m reports that plan
+	// applied and is READY.
+	applied := func(m *member) bool {
+		prev := in.Previous[m.node.Name]
+		return proto.Equal(stored(m), want) &&
+			m.node.GetStatus().GetPlanHash() == prev.GetHash() &&
+			m.node.Condition == kedgev1.NodeCondition_NODE_CONDITION_READY
+	}
+	out := make(map[string]*kedgev1.K3SBinary, len(members))
+	keep := func(m *member) {
+		out[m.node.Name] = proto.Clone(stored(m)).(*kedgev1.K3SBinary)
+	}
+	inFlight := false
+	var behind []*member
+	for _, m := range servers {
+		switch b := stored(m); {
+		case b == nil:
+			// First release: nothing runs yet, nothing to roll.
+		case !proto.Equal(b, want):
+			behind = append(behind, m)
+			continue
+		case !applied(m):
+			inFlight = true
+		}
+	}
+	for i, m := range behind {
+		if i > 0 || inFlight {
+			keep(m)
+		}
+	}
+	serversDone := true
+	for _, m := range servers {
+		if !applied(m) {
+			serversDone = false
+		}
+	}
+	for _, m := range members {
+		if _, held := out[m.node.Name]; held {
+			continue
+		}
+		if !m.has(kedgev1.Role_ROLE_K3S_SERVER) && !serversDone {
+			if b := stored(m); b != nil && !proto.Equal(b, want) {
+				keep(m)
+				continue
+			}
+		}
+		out[m.node.Name] = proto.Clone(want).(*kedgev1.K3SBinary)
+	}
+	return out
 }
 
 func serverPlan(in Input, m *member, servers []*member, endpoints []string) *kedgev1.K3SPlan {
