@@ -42,18 +42,20 @@
 // Upgrades. The K3s binary (spec.k3s.version and binary) rolls: a node with
 // no stored K3s plan gets the spec's binary at once, but a running node whose
 // stored plan has another binary is upgraded only in turn, because each
-// upgrade restarts k3s and every server restarting at once would take the
+// upgrade restarts k3s and all servers restarting at once would take the
 // control plane down. Servers go one at a time in planning order (the same
-// for every topology): a server whose stored plan already has the new binary
-// is in flight until it reports that plan applied (status.plan_hash) and is
-// READY; while one is in flight every other server keeps the binary of its
-// stored plan, so its plan does not change. When none is in flight, the next
-// server by order gets the new binary. A server that never comes back
-// (Unreachable, Degraded) holds the rest: an operator fixes or removes it.
-// Agents are not in the datastore's path and only need a server to register
-// with, so they keep their binary until every K3s server has the new one
-// applied and READY, then all get it at once. A spec changed back mid-way
-// rolls the same way, to the old binary.
+// for every topology). A server is in flight while its stored plan has the
+// new binary and it has not reported that plan applied (status.plan_hash) or
+// is not READY, and also while it has not reported its stored plan applied
+// at all (a spec changed back mid-way must not restart a second server while
+// the first still applies the abandoned version). While one is in flight,
+// every other server keeps the binary of its stored plan, so its plan does
+// not change; when none is, the next server by order gets the new binary.
+// An in-flight server that does not come back (Unreachable, Degraded) holds
+// the rest: an operator fixes or removes it. Agents are not in the
+// datastore's path and only need some server to register with, so they keep
+// their binary until every K3s server has the new one applied and READY, then
+// all get it at once. A spec changed back mid-way rolls the same way.
 package planner
 
 import (
@@ -462,13 +464,18 @@ func k3sBinaries(in Input, members, servers []*member) map[string]*kedgev1.K3SBi
 	inFlight := false
 	var behind []*member
 	for _, m := range servers {
-		switch b := stored(m); {
-		case b == nil:
-			// First release: nothing runs yet, nothing to roll.
-		case !proto.Equal(b, want):
+		b := stored(m)
+		if b == nil {
+			continue // first release: nothing runs yet, nothing to roll
+		}
+		if m.node.GetStatus().GetPlanHash() != in.Previous[m.node.Name].GetHash() {
+			// Still applying its stored plan (a spec changed back
+			// mid-way leaves the previous target being applied).
+			inFlight = true
+		}
+		if !proto.Equal(b, want) {
 			behind = append(behind, m)
-			continue
-		case !applied(m):
+		} else if !applied(m) {
 			inFlight = true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -588,6 +589,228 @@ func TestRandomInputs(t *testing.T) {
 		again := Compute(Input{Spec: s, Secrets: secrets, Nodes: shuffled})
 		if !bytes.Equal(render(t, out), render(t, again)) {
 			t.Fatalf("case %d: node order changed the plans", i)
+		}
+	}
+}
+
+const v1, v2 = "v1.31.4+k3s1", "v1.32.1+k3s1"
+
+// withVersion is s with another K3s version and checksum.
+func withVersion(s *kedgev1.ClusterSpec, version string) *kedgev1.ClusterSpec {
+	c := proto.Clone(s).(*kedgev1.ClusterSpec)
+	c.K3S.Version = version
+	if version != v1 {
+		c.K3S.Binary.Sha256 = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+	}
+	return c
+}
+
+// versions is the K3s version each plan installs, "" for none.
+func versions(out Output) map[string]string {
+	got := map[string]string{}
+	for name, p := range out.Plans {
+		got[name] = p.GetK3S().GetBinary().GetVersion()
+	}
+	return got
+}
+
+// fleet is a rolling upgrade as the coordinator drives it: each step plans
+// with the previous step's plans stored, the nodes reporting as they do.
+type fleet struct {
+	t     *testing.T
+	spec  *kedgev1.ClusterSpec
+	nodes []*kedgev1.Node
+	plans map[string]*kedgev1.Plan
+}
+
+func (f *fleet) node(name string) *kedgev1.Node {
+	for _, n := range f.nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	f.t.Fatalf("no node %s", name)
+	return nil
+}
+
+// applied: name reports its stored plan applied, with condition c.
+func (f *fleet) applied(c kedgev1.NodeCondition, names ...string) {
+	for _, name := range names {
+		n := f.node(name)
+		n.Status = &kedgev1.NodeStatus{PlanHash: f.plans[name].GetHash()}
+		n.Condition = c
+	}
+}
+
+func (f *fleet) plan() Output {
+	f.t.Helper()
+	in := Input{Spec: f.spec, Secrets: secrets, Nodes: f.nodes, Previous: f.plans}
+	out := Compute(in)
+	checkInvariants(f.t, in, out)
+	again := Compute(in)
+	if !bytes.Equal(render(f.t, out), render(f.t, again)) {
+		f.t.Fatal("same input, different plans")
+	}
+	f.plans = out.Plans
+	return out
+}
+
+const ready = kedgev1.NodeCondition_NODE_CONDITION_READY
+
+// newFleet: n nodes of topology, released on v1, all applied and READY.
+func newFleet(t *testing.T, topology string, n int) *fleet {
+	f := &fleet{t: t, spec: mustSpec(t, topology, ""), nodes: nodes(n)}
+	out := f.plan()
+	for name, v := range versions(out) {
+		if v != v1 {
+			t.Fatalf("%s: first release installs %q, want %s", name, v, v1)
+		}
+	}
+	var all []string
+	for _, nd := range f.nodes {
+		all = append(all, nd.Name)
+	}
+	f.applied(ready, all...)
+	return f
+}
+
+func TestRollingUpgrade(t *testing.T) {
+	// 3 stacked servers (nuc1..3) and 2 agents, all READY on v1; v2 applied.
+	f := newFleet(t, "stacked", 5)
+	f.spec = withVersion(f.spec, v2)
+	steps := []struct {
+		name   string
+		before func()
+		want   map[string]string
+	}{
+		{"spec v2: only the first server", func() {},
+			map[string]string{"nuc1": v2, "nuc2": v1, "nuc3": v1, "nuc4": v1, "nuc5": v1}},
+		{"nuc1 not yet applied", func() {},
+			map[string]string{"nuc1": v2, "nuc2": v1, "nuc3": v1, "nuc4": v1, "nuc5": v1}},
+		{"nuc1 applied, still provisioning", func() { f.applied(kedgev1.NodeCondition_NODE_CONDITION_PROVISIONING, "nuc1") },
+			map[string]string{"nuc1": v2, "nuc2": v1, "nuc3": v1, "nuc4": v1, "nuc5": v1}},
+		{"nuc1 applied and READY: nuc2", func() { f.applied(ready, "nuc1") },
+			map[string]string{"nuc1": v2, "nuc2": v2, "nuc3": v1, "nuc4": v1, "nuc5": v1}},
+		{"nuc2 READY on its old plan still counts as in flight", func() {},
+			map[string]string{"nuc1": v2, "nuc2": v2, "nuc3": v1, "nuc4": v1, "nuc5": v1}},
+		{"nuc2 applied and READY: nuc3", func() { f.applied(ready, "nuc2") },
+			map[string]string{"nuc1": v2, "nuc2": v2, "nuc3": v2, "nuc4": v1, "nuc5": v1}},
+		{"nuc3 applied, degraded: agents wait", func() { f.applied(kedgev1.NodeCondition_NODE_CONDITION_DEGRADED, "nuc3") },
+			map[string]string{"nuc1": v2, "nuc2": v2, "nuc3": v2, "nuc4": v1, "nuc5": v1}},
+		{"every server READY on v2: all agents", func() { f.applied(ready, "nuc3") },
+			map[string]string{"nuc1": v2, "nuc2": v2, "nuc3": v2, "nuc4": v2, "nuc5": v2}},
+		{"agents applied: settled", func() { f.applied(ready, "nuc4", "nuc5") },
+			map[string]string{"nuc1": v2, "nuc2": v2, "nuc3": v2, "nuc4": v2, "nuc5": v2}},
+	}
+	for _, st := range steps {
+		before := f.plans
+		st.before()
+		out := f.plan()
+		if got := versions(out); !maps.Equal(got, st.want) {
+			t.Fatalf("%s: versions %v, want %v", st.name, got, st.want)
+		}
+		// A node not in turn keeps its plan byte for byte: no restart.
+		for name, v := range st.want {
+			if v == v1 && out.Plans[name].Hash != before[name].Hash {
+				t.Errorf("%s: %s still on v1 but its plan changed", st.name, name)
+			}
+		}
+	}
+}
+
+func TestRollingUpgradeNewNodeGetsTheSpecBinaryAtOnce(t *testing.T) {
+	f := newFleet(t, "stacked", 5)
+	f.spec = withVersion(f.spec, v2)
+	f.plan() // nuc1 in flight
+	f.nodes = append(f.nodes, node(6))
+	out := f.plan()
+	want := map[string]string{"nuc1": v2, "nuc2": v1, "nuc3": v1, "nuc4": v1, "nuc5": v1, "nuc6": v2}
+	if got := versions(out); !maps.Equal(got, want) {
+		t.Fatalf("versions %v, want %v", got, want)
+	}
+}
+
+func TestRollingUpgradeSpecBackMidway(t *testing.T) {
+	f := newFleet(t, "stacked", 5)
+	f.spec = withVersion(f.spec, v2)
+	f.plan()
+	f.applied(ready, "nuc1")
+	f.plan() // nuc1 on v2, nuc2 in flight to v2
+	f.spec = withVersion(f.spec, v1)
+	for _, st := range []struct {
+		name   string
+		before func()
+		want   map[string]string
+	}{
+		{"back to v1 while nuc2 applies v2: nothing else moves", func() {},
+			map[string]string{"nuc1": v2, "nuc2": v2, "nuc3": v1, "nuc4": v1, "nuc5": v1}},
+		{"nuc2 READY on v2: nuc1 back first, by order", func() { f.applied(ready, "nuc2") },
+			map[string]string{"nuc1": v1, "nuc2": v2, "nuc3": v1, "nuc4": v1, "nuc5": v1}},
+		{"nuc1 READY on v1: nuc2", func() { f.applied(ready, "nuc1") },
+			map[string]string{"nuc1": v1, "nuc2": v1, "nuc3": v1, "nuc4": v1, "nuc5": v1}},
+	} {
+		st.before()
+		if got := versions(f.plan()); !maps.Equal(got, st.want) {
+			t.Fatalf("%s: versions %v, want %v", st.name, got, st.want)
+		}
+	}
+}
+
+func TestRollingUpgradeUnreachableServerInFlightBlocks(t *testing.T) {
+	f := newFleet(t, "stacked", 5)
+	f.spec = withVersion(f.spec, v2)
+	f.plan()
+	f.node("nuc1").Condition = kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE
+	for range 3 {
+		want := map[string]string{"nuc1": v2, "nuc2": v1, "nuc3": v1, "nuc4": v1, "nuc5": v1}
+		if got := versions(f.plan()); !maps.Equal(got, want) {
+			t.Fatalf("versions %v, want %v", got, want)
+		}
+	}
+	// An Unreachable server not in turn does not block: nuc3 is down on
+	// v1, nuc1 comes back; nuc2 goes next, then nuc3 (it applies on return).
+	f.node("nuc3").Condition = kedgev1.NodeCondition_NODE_CONDITION_UNREACHABLE
+	f.applied(ready, "nuc1")
+	if got := versions(f.plan()); got["nuc2"] != v2 || got["nuc3"] != v1 {
+		t.Fatalf("versions %v: want nuc2 on v2, nuc3 still v1", got)
+	}
+	f.applied(ready, "nuc2")
+	if got := versions(f.plan()); got["nuc3"] != v2 || got["nuc4"] != v1 {
+		t.Fatalf("versions %v: want nuc3 on v2, agents on v1 until it is back", got)
+	}
+}
+
+func TestRollingUpgradeEmbedded(t *testing.T) {
+	f := newFleet(t, "embedded", 5)
+	var servers, agents []string
+	for _, n := range f.nodes {
+		if slices.Contains(f.plans[n.Name].Roles, kedgev1.Role_ROLE_K3S_SERVER) {
+			servers = append(servers, n.Name)
+		} else {
+			agents = append(agents, n.Name)
+		}
+	}
+	if len(servers) < 2 || len(agents) == 0 {
+		t.Fatalf("servers %v agents %v", servers, agents)
+	}
+	f.spec = withVersion(f.spec, v2)
+	for i, s := range servers {
+		got := versions(f.plan())
+		for j, other := range servers {
+			if want := map[bool]string{true: v2, false: v1}[j <= i]; got[other] != want {
+				t.Fatalf("server %s in turn: %s installs %s, want %s", s, other, got[other], want)
+			}
+		}
+		for _, a := range agents {
+			if got[a] != v1 {
+				t.Fatalf("agent %s on %s while servers roll", a, got[a])
+			}
+		}
+		f.applied(ready, s)
+	}
+	for _, a := range agents {
+		if got := versions(f.plan()); got[a] != v2 {
+			t.Fatalf("agent %s on %s after every server", a, got[a])
 		}
 	}
 }
