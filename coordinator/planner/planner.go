@@ -461,26 +461,29 @@ func k3sBinaries(in Input, members, servers []*member) map[string]*kedgev1.K3SBi
 	keep := func(m *member) {
 		out[m.node.Name] = proto.Clone(stored(m)).(*kedgev1.K3SBinary)
 	}
-	inFlight := false
-	var behind []*member
+	// inFlight: servers restarting onto a new binary, or still applying
+	// their stored plan (a spec changed back mid-way leaves the previous
+	// target being applied). Another server waits for them; a server that
+	// is itself only still applying may take the new binary at once, since
+	// that adds no second restart.
+	var inFlight, behind []*member
 	for _, m := range servers {
 		b := stored(m)
 		if b == nil {
 			continue // first release: nothing runs yet, nothing to roll
 		}
-		if m.node.GetStatus().GetPlanHash() != in.Previous[m.node.Name].GetHash() {
-			// Still applying its stored plan (a spec changed back
-			// mid-way leaves the previous target being applied).
-			inFlight = true
-		}
+		stillApplying := m.node.GetStatus().GetPlanHash() != in.Previous[m.node.Name].GetHash()
 		if !proto.Equal(b, want) {
 			behind = append(behind, m)
-		} else if !applied(m) {
-			inFlight = true
+			if stillApplying {
+				inFlight = append(inFlight, m)
+			}
+		} else if stillApplying || !applied(m) {
+			inFlight = append(inFlight, m)
 		}
 	}
 	for i, m := range behind {
-		if i > 0 || inFlight {
+		if i > 0 || slices.ContainsFunc(inFlight, func(o *member) bool { return o != m }) {
 			keep(m)
 		}
 	}

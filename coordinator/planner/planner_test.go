@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -811,6 +812,29 @@ func TestRollingUpgradeEmbedded(t *testing.T) {
 	for _, a := range agents {
 		if got := versions(f.plan()); got[a] != v2 {
 			t.Fatalf("agent %s on %s after every server", a, got[a])
+		}
+	}
+}
+
+// A server still applying its first plan, while the others run, takes a new
+// version at once: no other server's restart is in flight to overlap.
+func TestUpgradeOfAServerStillApplyingItsFirstPlan(t *testing.T) {
+	s := mustSpec(t, "stacked", "")
+	ns := nodes(3)
+	first := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns})
+	s.K3S.Version, s.K3S.Binary.Sha256 = "v2", strings.Repeat("b", 64)
+	for _, n := range ns[1:] {
+		n.Status = &kedgev1.NodeStatus{PlanHash: first.Plans[n.Name].Hash}
+		n.Condition = kedgev1.NodeCondition_NODE_CONDITION_READY
+	}
+	ns[0].Status = nil // never reported: still applying its first plan
+	next := Compute(Input{Spec: s, Secrets: secrets, Nodes: ns, Previous: first.Plans})
+	if got := next.Plans["nuc1"].K3S.Binary.Version; got != "v2" {
+		t.Errorf("first server got %s; want v2 at once", got)
+	}
+	for _, name := range []string{"nuc2", "nuc3"} {
+		if next.Plans[name].Hash != first.Plans[name].Hash {
+			t.Errorf("%s changed while nuc1 is still applying", name)
 		}
 	}
 }

@@ -209,9 +209,11 @@ func (n *nodeService) ReportStatus(ctx context.Context, req *kedgev1.ReportStatu
 		return nil, status.Errorf(codes.Unavailable, "store status: %v", err)
 	}
 	s.statusEvents(cluster, name, prev, st)
-	// Conditions and K3s readiness feed the planner (agents follow a healthy
-	// server): re-derive this node now rather than wait for the tick.
-	replan := prev.GetK3S().GetReady() != st.GetK3S().GetReady() || prev.GetEtcd().GetHealthy() != st.GetEtcd().GetHealthy()
+	// Conditions, K3s readiness and the applied plan feed the planner (agents
+	// follow a healthy server; a rolling upgrade moves on once a server has
+	// applied its plan): re-derive this node now rather than wait for the tick.
+	replan := prev.GetK3S().GetReady() != st.GetK3S().GetReady() || prev.GetEtcd().GetHealthy() != st.GetEtcd().GetHealthy() ||
+		prev.GetPlanHash() != st.GetPlanHash()
 	s.mu.Lock()
 	msg := ""
 	if cn := s.nodes[name]; cn != nil && cn.node.State == kedgev1.NodeState_NODE_STATE_ENROLLED {
