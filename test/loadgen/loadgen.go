@@ -109,7 +109,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	servers := 3
-	if _, err := admin.ApplySpec(ctx, &kedgev1.ApplySpecRequest{SpecYaml: []byte(spec("v1.31.4+k3s1")), FileName: "load.yaml"}); err != nil {
+	if _, err := admin.ApplySpec(ctx, &kedgev1.ApplySpecRequest{SpecYaml: []byte(spec("wave=1")), FileName: "load.yaml"}); err != nil {
 		return fmt.Errorf("apply spec: %w", err)
 	}
 	tok, err := admin.CreateToken(ctx, &kedgev1.CreateTokenRequest{Cluster: "load", Ttl: durationpb.New(time.Hour)})
@@ -196,7 +196,9 @@ func Run(ctx context.Context, o Options) error {
 	fmt.Fprintf(o.Out, "steady: %d watch streams, heartbeat every %s: coordinator RSS %s (%.1f KiB per node), CPU %.2f cores over %s\n",
 		len(nodes), o.Heartbeat, mib(rss), perConn/1024, (cpuSoak1-cpuSoak0)/time.Since(soakStart).Seconds(), o.Soak)
 
-	// 3. A spec change that changes every plan: time until every node has it.
+	// 3. A spec change that changes every plan at once (a node label passed
+	// through to every K3s config; a new K3s version would roll instead):
+	// time until every node has it.
 	before := map[*node]string{}
 	for _, n := range nodes {
 		n.mu.Lock()
@@ -204,7 +206,7 @@ func Run(ctx context.Context, o Options) error {
 		n.mu.Unlock()
 	}
 	applied := time.Now()
-	if _, err := admin.ApplySpec(ctx, &kedgev1.ApplySpecRequest{SpecYaml: []byte(spec("v1.31.5+k3s1")), FileName: "load.yaml"}); err != nil {
+	if _, err := admin.ApplySpec(ctx, &kedgev1.ApplySpecRequest{SpecYaml: []byte(spec("wave=2")), FileName: "load.yaml"}); err != nil {
 		return fmt.Errorf("apply changed spec: %w", err)
 	}
 	deadline := time.Now().Add(2 * time.Minute)
@@ -226,7 +228,7 @@ func Run(ctx context.Context, o Options) error {
 	if len(fanout) < len(nodes) {
 		return fmt.Errorf("plan change reached %d of %d nodes in 2 minutes", len(fanout), len(nodes))
 	}
-	fmt.Fprintf(o.Out, "fan-out: plan change (new K3s version) reached all %d nodes: p50 %s p99 %s max %s after ApplySpec was sent (%d servers, %d agents)\n",
+	fmt.Fprintf(o.Out, "fan-out: plan change (node label on every node) reached all %d nodes: p50 %s p99 %s max %s after ApplySpec was sent (%d servers, %d agents)\n",
 		len(nodes), pct(fanout, 50), pct(fanout, 99), pct(fanout, 100), servers, len(nodes)-servers)
 	stopWatch()
 	for _, n := range nodes {
@@ -235,7 +237,7 @@ func Run(ctx context.Context, o Options) error {
 	return nil
 }
 
-func spec(version string) string {
+func spec(label string) string {
 	return `apiVersion: kedge/v1
 kind: Cluster
 metadata:
@@ -246,10 +248,14 @@ spec:
     members: 3
   k3s:
     servers: 3
-    version: ` + version + `
+    version: v1.31.4+k3s1
     binary:
       sha256: "` + strings.Repeat("ab", 32) + `"
       path: /opt/k3s/k3s
+    serverConfig:
+      node-label: ["` + label + `"]
+    agentConfig:
+      node-label: ["` + label + `"]
 `
 }
 
