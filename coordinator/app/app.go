@@ -71,6 +71,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.StringVar(&o.DataDir, "data-dir", "", "data directory to create (required)")
 		fs.StringVar(&addrs, "address", "", "HOST:PORT[,HOST:PORT...] nodes and admins reach this coordinator at (required)")
 		fs.StringVar(&o.Cluster, "cluster", "default", "cluster the first bootstrap token enrolls into")
+		o.Lifetimes = pki.DefaultLifetimes()
+		fs.DurationVar(&o.Lifetimes.CA, "ca-lifetime", o.Lifetimes.CA, "lifetime of the coordinator CA")
+		fs.DurationVar(&o.Lifetimes.Serving, "serving-cert-lifetime", o.Lifetimes.Serving, "lifetime of the serving and admin certs")
 		addEtcdFlags(fs, &o.Etcd)
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
@@ -87,6 +90,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.StringVar(&o.SpecFile, "spec", "", "cluster spec YAML to apply at start")
 		fs.StringVar(&o.MetricsListen, "metrics-listen", "", "address to serve Prometheus /metrics on (off when empty)")
 		fs.DurationVar(&o.UnreachableAfter, "unreachable-after", 30*time.Second, "silence after which a node is Unreachable")
+		o.Lifetimes = pki.DefaultLifetimes()
+		fs.DurationVar(&o.Lifetimes.NodeIdentity, "node-cert-lifetime", o.Lifetimes.NodeIdentity, "lifetime of node identity certs (agents renew at two thirds)")
+		fs.DurationVar(&o.Lifetimes.EtcdLeaf, "etcd-cert-lifetime", o.Lifetimes.EtcdLeaf, "lifetime of etcd server, peer and datastore-client certs")
+		fs.DurationVar(&o.Lifetimes.CA, "etcd-ca-lifetime", o.Lifetimes.CA, "lifetime of each cluster's etcd CA, made when the cluster first appears")
 		addEtcdFlags(fs, &o.Etcd)
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
@@ -143,6 +150,8 @@ type InitOptions struct {
 	Now       func() time.Time
 	// TokenTTL of the first token; 24h when zero.
 	TokenTTL time.Duration
+	// Lifetimes of the CA and the serving/admin certs; pki.DefaultLifetimes when zero.
+	Lifetimes pki.Lifetimes
 }
 
 // InitResult is what init made, for callers that need more than its output.
@@ -195,7 +204,10 @@ func InitDataDir(ctx context.Context, o InitOptions) (*InitResult, error) {
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create --data-dir: %w", err)
 	}
-	lt := pki.DefaultLifetimes()
+	lt := o.Lifetimes
+	if lt == (pki.Lifetimes{}) {
+		lt = pki.DefaultLifetimes()
+	}
 	now := o.Now()
 	ca, err := pki.NewCA("kedge coordinator CA", lt.CA, now)
 	if err != nil {
@@ -268,6 +280,8 @@ type ServeOptions struct {
 	// Ready, when set, is called once the coordinator accepts connections.
 	Ready func(addr net.Addr)
 	Now   func() time.Time
+	// Lifetimes of the certs serve signs; pki.DefaultLifetimes when zero.
+	Lifetimes pki.Lifetimes
 }
 
 // loadCA reads the coordinator CA from the data dir.
@@ -353,7 +367,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	m := metrics.New()
 	srv, err := server.New(ctx, server.Config{
 		Store: st, CA: ca, Addresses: addresses, DataDir: o.DataDir, Logger: o.Logger,
-		Metrics: m, Now: o.Now, UnreachableAfter: o.UnreachableAfter,
+		Metrics: m, Now: o.Now, UnreachableAfter: o.UnreachableAfter, Lifetimes: o.Lifetimes,
 	})
 	if err != nil {
 		return err

@@ -153,3 +153,22 @@ spec:
 		t.Fatal("serve did not stop within 20s of its context ending")
 	}
 }
+
+func TestInitCALifetimeIsConfigurable(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	var out, errOut bytes.Buffer
+	if err := Run(context.Background(), []string{"init", "--data-dir", dir, "--address", "127.0.0.1:7443", "--ca-lifetime", "720h"}, &out, &errOut); err != nil {
+		t.Fatalf("init: %v\n%s", err, errOut.String())
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.DecodeCertPEM(caPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(ca.NotAfter); left < 719*time.Hour || left > 721*time.Hour {
+		t.Errorf("CA valid for %s more; want about 720h from --ca-lifetime", left.Round(time.Hour))
+	}
+}
