@@ -30,6 +30,25 @@ import (
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
+// OneNodeSpec is a stacked cluster "edge-1" with one etcd member and one
+// K3s server, for tests that need any released plan. Tests extend it by
+// appending YAML: keys under spec.k3s indented four spaces, under spec two.
+const OneNodeSpec = `apiVersion: kedge/v1
+kind: Cluster
+metadata:
+  name: edge-1
+spec:
+  topology: stacked
+  etcd:
+    members: 1
+  k3s:
+    servers: 1
+    version: v1.31.4+k3s1
+    binary:
+      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
+      path: /usr/local/bin/k3s
+`
+
 // Env is a running coordinator.
 type Env struct {
 	Addr            string

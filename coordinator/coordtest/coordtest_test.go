@@ -8,27 +8,11 @@ import (
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
-const oneNodeSpec = `apiVersion: kedge/v1
-kind: Cluster
-metadata:
-  name: edge-1
-spec:
-  topology: stacked
-  etcd:
-    members: 1
-  k3s:
-    servers: 1
-    version: v1.31.4+k3s1
-    binary:
-      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
-      path: /usr/local/bin/k3s
-`
-
 // The harness works end to end: a spec, an enrolled node, its plan on the
 // watch stream, and all of it still there after a restart.
 func TestStartEnrollWatchRestart(t *testing.T) {
 	env := Start(t)
-	env.ApplySpec(t, oneNodeSpec)
+	env.ApplySpec(t, OneNodeSpec)
 	node := env.EnrollNode(t, &kedgev1.MachineFacts{MachineId: "m1", Hostname: "nuc1", Macs: []string{"52:54:00:00:00:01"}, Ips: []string{"127.0.0.1"}})
 	if node.Cluster != "edge-1" {
 		t.Errorf("node enrolled into %q; want the spec's cluster edge-1", node.Cluster)

@@ -21,21 +21,7 @@ import (
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
-const stackedSpec = `apiVersion: kedge/v1
-kind: Cluster
-metadata:
-  name: edge-1
-spec:
-  topology: stacked
-  etcd:
-    members: 1
-  k3s:
-    servers: 1
-    version: v1.31.4+k3s1
-    binary:
-      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
-      path: /usr/local/bin/k3s
-`
+const stackedSpec = coordtest.OneNodeSpec
 
 func facts(i int) *kedgev1.MachineFacts {
 	return &kedgev1.MachineFacts{
@@ -319,21 +305,7 @@ func TestSharedMachineIDAndApproval(t *testing.T) {
 	}
 }
 
-const pinnedSpec = `apiVersion: kedge/v1
-kind: Cluster
-metadata:
-  name: edge-1
-spec:
-  topology: stacked
-  etcd:
-    members: 1
-  k3s:
-    servers: 1
-    version: v1.31.4+k3s1
-    binary:
-      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
-      path: /usr/local/bin/k3s
-  inventory:
+const pinnedSpec = coordtest.OneNodeSpec + `  inventory:
     - name: nuc-a
       match: {hostname: pinned-host}
       ip: 10.77.0.11

@@ -30,21 +30,7 @@ import (
 )
 
 func spec(disable string) string {
-	return `apiVersion: kedge/v1
-kind: Cluster
-metadata:
-  name: edge-1
-spec:
-  topology: stacked
-  etcd:
-    members: 1
-  k3s:
-    servers: 1
-    version: v1.31.4+k3s1
-    binary:
-      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
-      path: /usr/local/bin/k3s
-    serverConfig:
+	return coordtest.OneNodeSpec + `    serverConfig:
       disable: [` + disable + `]
 `
 }
