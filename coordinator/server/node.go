@@ -223,6 +223,9 @@ func (n *nodeService) ReportStatus(ctx context.Context, req *kedgev1.ReportStatu
 			replan = true
 		}
 		cn.condition, cn.reason = cond, reason
+		replan = replan && feedsPlanner(cn.node)
+	} else {
+		replan = false
 	}
 	if replan {
 		s.dirty[cluster] = true
@@ -322,4 +325,12 @@ func isClosed(ch <-chan struct{}) bool {
 	default:
 		return false
 	}
+}
+
+// feedsPlanner reports whether n's health and reports are planner inputs:
+// those of etcd members and K3s servers are (agents follow healthy servers,
+// upgrades roll over servers), an agent's are not. Re-planning only for these
+// keeps a fleet-wide change from re-planning once per agent as each applies it.
+func feedsPlanner(n *kedgev1.Node) bool {
+	return slices.Contains(n.GetRoles(), kedgev1.Role_ROLE_ETCD) || slices.Contains(n.GetRoles(), kedgev1.Role_ROLE_K3S_SERVER)
 }

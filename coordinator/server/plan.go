@@ -367,7 +367,7 @@ func (s *Server) tick(ctx context.Context) {
 			changed[i].msg = "" // someone else updated it meanwhile
 			continue
 		}
-		if d.cond != d.was {
+		if d.cond != d.was && feedsPlanner(d.cn.node) {
 			s.dirty[d.cluster] = true
 			replan = true
 		}
