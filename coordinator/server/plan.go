@@ -406,8 +406,12 @@ func conditionLabel(c kedgev1.NodeCondition) string {
 
 // connectionLostAtLocked is when cn's connection to this coordinator broke,
 // or nil while it has a watch stream open (or never had one). Caller holds s.mu.
+// With other coordinators on the same store it is nil too: a node that left
+// this coordinator may be reporting to another, which tells us only every
+// shareInterval, longer than the connection-lost grace, so there the
+// silence period alone decides.
 func (s *Server) connectionLostAtLocked(cn *cachedNode) *timestamppb.Timestamp {
-	if len(s.subs[cn.node.Name]) > 0 {
+	if len(s.subs[cn.node.Name]) > 0 || (!s.peerSeenAt.IsZero() && s.now().Sub(s.peerSeenAt) < 3*s.shareInterval()) {
 		return nil
 	}
 	return timestamppbOrNil(cn.lostAt)

@@ -58,6 +58,7 @@ func (s *Server) applySeen(c store.Change) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.peerSeenAt = s.now()
 	for name, v := range rec.Fields {
 		cn := s.nodes[name]
 		if cn == nil {

@@ -61,3 +61,22 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// Alone, a coordinator trusts a broken connection; with a peer coordinator
+// on the store it does not, as the node may be reporting to the peer.
+func TestConnectionLostIsIgnoredWithPeerCoordinators(t *testing.T) {
+	now := time.Now()
+	s := &Server{cfg: Config{UnreachableAfter: 30 * time.Second}, now: func() time.Time { return now }, subs: map[string]map[*planSub]struct{}{}}
+	cn := &cachedNode{node: &kedgev1.Node{Name: "n1"}, lostAt: now.Add(-20 * time.Second)}
+	if got := s.connectionLostAtLocked(cn); got == nil || !got.AsTime().Equal(cn.lostAt) {
+		t.Errorf("alone: connection_lost_at %v; want %v", got, cn.lostAt)
+	}
+	s.peerSeenAt = now.Add(-5 * time.Second)
+	if got := s.connectionLostAtLocked(cn); got != nil {
+		t.Errorf("with a peer heard 5 s ago: connection_lost_at %v; want none", got)
+	}
+	s.peerSeenAt = now.Add(-2 * time.Minute)
+	if got := s.connectionLostAtLocked(cn); got == nil {
+		t.Error("with a peer silent for 2 min: no connection_lost_at; want it back")
+	}
+}

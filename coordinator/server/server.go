@@ -97,6 +97,9 @@ type Server struct {
 	id string
 	// lastShared is when shareSeen last ran; only the Run goroutine uses it.
 	lastShared time.Time
+	// peerSeenAt is when another coordinator's last-seen record last
+	// arrived (guarded by mu); zero when this coordinator is alone.
+	peerSeenAt time.Time
 }
 
 type cachedNode struct {
