@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -48,6 +49,10 @@ spec:
       sha256: "0000000000000000000000000000000000000000000000000000000000000000"
       path: /usr/local/bin/k3s
 `
+
+// ThreeNodeSpec is OneNodeSpec with three etcd members and three K3s
+// servers: the smallest HA stacked cluster.
+var ThreeNodeSpec = strings.NewReplacer("members: 1", "members: 3", "servers: 1", "servers: 3").Replace(OneNodeSpec)
 
 // Env is a running coordinator.
 type Env struct {

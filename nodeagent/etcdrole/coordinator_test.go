@@ -19,22 +19,6 @@ import (
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
-const threeMemberSpec = `apiVersion: kedge/v1
-kind: Cluster
-metadata:
-  name: edge
-spec:
-  topology: stacked
-  etcd:
-    members: 3
-  k3s:
-    servers: 3
-    version: v1.31.4+k3s1
-    binary:
-      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
-      path: /usr/local/bin/k3s
-`
-
 // releasedPlan watches the node's plan until it is released with an etcd section.
 func releasedPlan(ctx context.Context, t *testing.T, c kedgev1.NodeServiceClient) *kedgev1.Plan {
 	t.Helper()
@@ -65,7 +49,7 @@ func TestMembersWithCertsFromARealCoordinator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	env := coordtest.Start(t)
-	env.ApplySpec(t, threeMemberSpec)
+	env.ApplySpec(t, coordtest.ThreeNodeSpec)
 	var nodes []*coordtest.NodeIdentity
 	for i := 1; i <= 3; i++ {
 		nodes = append(nodes, env.EnrollNode(t, &kedgev1.MachineFacts{

@@ -21,22 +21,6 @@ import (
 	kedgev1 "github.com/kedge-io/kedge/proto/kedge/v1"
 )
 
-const validSpec = `apiVersion: kedge/v1
-kind: Cluster
-metadata:
-  name: edge-1
-spec:
-  topology: stacked
-  etcd:
-    members: 3
-  k3s:
-    servers: 3
-    version: v1.31.4+k3s1
-    binary:
-      sha256: "0000000000000000000000000000000000000000000000000000000000000000"
-      path: /usr/local/bin/k3s
-`
-
 // TestAgainstRealCoordinator drives kedgectl against an in-process real
 // coordinator (coordtest): real PKI, real embedded etcd, real AdminService.
 func TestAgainstRealCoordinator(t *testing.T) {
@@ -64,13 +48,13 @@ func TestAgainstRealCoordinator(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	bad := writeFile(t, filepath.Join(dir, "edge.yaml"), strings.Replace(validSpec, "members: 3", "members: 2", 1))
+	bad := writeFile(t, filepath.Join(dir, "edge.yaml"), strings.Replace(coordtest.ThreeNodeSpec, "members: 3", "members: 2", 1))
 	out, errOut, code := e.run(t, "spec", "apply", "-f", bad)
 	if code != ExitError || out != "" || !strings.HasPrefix(errOut, "kedgectl: spec refused: ") || !strings.Contains(errOut, "spec.etcd.members") ||
 		strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
 		t.Errorf("invalid spec: exit %d, stdout %q, stderr %q; want one line naming spec.etcd.members", code, out, errOut)
 	}
-	good := writeFile(t, filepath.Join(dir, "edge-ok.yaml"), validSpec)
+	good := writeFile(t, filepath.Join(dir, "edge-ok.yaml"), coordtest.ThreeNodeSpec)
 	if out := mustRun(t, e, "spec", "apply", "--dry-run", "-f", good); !strings.HasPrefix(out, "cluster edge-1: dry run, nothing stored") {
 		t.Errorf("spec apply --dry-run printed:\n%s", out)
 	}
@@ -154,7 +138,7 @@ func TestAgainstRealCoordinator(t *testing.T) {
 // address, as after an upgrade.
 func TestStatusWaitAcrossCoordinatorRestart(t *testing.T) {
 	env := coordtest.Start(t)
-	env.ApplySpec(t, validSpec)
+	env.ApplySpec(t, coordtest.ThreeNodeSpec)
 	e := newTestEnv(t)
 	e.vars["KEDGE_CONFIG"] = env.AdminConfigPath
 	env.Stop(t)
